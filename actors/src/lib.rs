@@ -1,0 +1,1 @@
+//! Domain actors (issue 2).

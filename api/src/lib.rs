@@ -1,0 +1,1 @@
+//! REST API, client library and binaries (issue 2).

@@ -1,0 +1,1 @@
+//! QEMU and QMP (issue 3).

@@ -1,0 +1,1 @@
+//! Volume drivers (issue 4).

@@ -1,0 +1,1 @@
+//! Transactional ordered key-value store (issue 2).

@@ -1,0 +1,1 @@
+//! Supervision trees on ractor (issue 2).
