@@ -61,5 +61,6 @@ test: deps fmt clippy ## What CI runs: deps, fmt, clippy, fdb type-check, all te
 	cargo check -p gpve-store --features fdb
 	cargo test --workspace
 
-bench: deps ## Run the benchmarks (release).
+bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo bench --workspace
+	cargo test -p gpve-supervisor --release --test bench -- --ignored --nocapture

@@ -1,1 +1,12 @@
-//! Domain actors (issue 2).
+//! Domain actors of gpve.
+//!
+//! - [`node`]: the `node:{name}` actor, answering host status read from `/proc` and `statvfs`.
+//! - [`task`]: Proxmox-style tasks (UPIDs, persisted status and logs, cancellation).
+//! - [`storage`]: storage configuration records and the `storage:{id}` / `volume:{id}` actors.
+//! - [`vm`]: VM records and configuration, the `vm:{vmid}` actor owning one QEMU process,
+//!   its state machine, and the `qemu` supervisor that re-adopts running VMs.
+
+pub mod node;
+pub mod storage;
+pub mod task;
+pub mod vm;

@@ -1,0 +1,4 @@
+//! `/cluster`: cluster-wide views.
+
+pub mod nextid;
+pub mod resources;

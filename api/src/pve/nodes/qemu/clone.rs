@@ -1,0 +1,126 @@
+//! `POST /nodes/{node}/qemu/{vmid}/clone`: a full copy of a stopped VM (or template) into a
+//! new VM. The new VMID is reserved up front (atomically, like create); the copy runs in
+//! the source VM's actor, so it cannot interleave with a start of the source.
+
+use gpve_actors::vm::state::Command;
+use gpve_actors::vm::{VmOp, ops};
+use serde_json::json;
+
+use super::{OP_TIMEOUT_MS, entry, host, precheck, vmid};
+use crate::error::ApiError;
+use crate::router::{Ctx, Endpoint, Method, Privilege, Reply};
+use crate::schema::{Format, Param, ParamSchema};
+
+/// `POST .../clone`.
+pub const POST: Endpoint = Endpoint {
+    method: Method::Post,
+    params: ParamSchema(&[
+        Param::node(),
+        Param::vmid(),
+        Param::int("newid", Some(100), Some(999_999_999)).opt(),
+        Param::string("name", 63, Some(Format::Text)).opt(),
+        Param::string("description", 8192, Some(Format::Text)).opt(),
+        Param::boolean("full").opt(),
+        Param::string("storage", 64, Some(Format::Text)).opt(),
+        Param::string("target", 64, Some(Format::Node)).opt(),
+        Param::enumeration("format", &["raw", "qcow2", "vmdk"]).opt(),
+        Param::string("pool", 64, Some(Format::Text)).opt(),
+        Param::string("snapname", 40, Some(Format::Text)).opt(),
+        Param::int("bwlimit", Some(0), None).opt(),
+    ]),
+    privilege: Privilege::Admin,
+    description: "Create a full copy of a virtual machine or template.",
+};
+
+pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
+    let node = ctx.local_node()?.to_string();
+    let src = vmid(&ctx)?;
+    let e = entry(&ctx, src).await?;
+    if ctx.params.bool("full") == Some(false) {
+        return Err(ApiError::param(
+            "full",
+            "linked clones are not supported yet (needs a clone operation in the storage actors); use full=1",
+        ));
+    }
+    for (p, why) in [
+        ("snapname", "cloning from a snapshot is not supported yet"),
+        ("pool", "resource pools are not supported yet"),
+        ("format", "the copy keeps the source format"),
+    ] {
+        if ctx.params.has(p) {
+            return Err(ApiError::param(p, why));
+        }
+    }
+    if let Some(t) = ctx.params.str("target")
+        && t != node
+    {
+        return Err(ApiError::param(
+            "target",
+            "cloning to another node is not supported yet",
+        ));
+    }
+    precheck(&e, &Command::Clone)?;
+    let name = ctx.params.str("name").map(str::to_string);
+    if let Some(n) = &name {
+        gpve_actors::vm::config::parse_value("name", n, src, 0)
+            .map_err(|reason| ApiError::param("name", reason))?;
+    }
+    let storage = ctx.params.str("storage").map(str::to_string);
+    if let Some(s) = &storage {
+        match gpve_actors::storage::config::get(&ctx.state.store, s).await {
+            Ok(cfg) if cfg.active_on(&node) => {}
+            Ok(_) => {
+                return Err(ApiError::param(
+                    "storage",
+                    format!("storage '{s}' is not active here"),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let want = ctx.params.int("newid").and_then(|v| u32::try_from(v).ok());
+    let host = host(&ctx.state);
+    // Reserved with the source's plain keys so listings show it while disks copy.
+    let mut plain = e.config.clone();
+    plain.retain(|k, _| {
+        gpve_actors::vm::config::key_kind(k) == Some(gpve_actors::vm::config::KeyKind::Plain)
+    });
+    let newid = ops::reserve(&host, want, plain).await?;
+    let user = ctx.userid()?.to_string();
+    let spawned = ctx
+        .state
+        .tasks
+        .spawn("qmclone", &src.to_string(), &user, move |task| async move {
+            let op = VmOp::Clone {
+                newid,
+                name,
+                storage,
+            };
+            let line = match ops::call(&host, src, op, OP_TIMEOUT_MS).await {
+                Ok(line) => line,
+                Err(e) => {
+                    // The source actor removes what it copied; the reservation may remain
+                    // if the actor never ran the operation.
+                    let _ = host.store.delete(&gpve_actors::vm::vm_key(newid)).await;
+                    return Err(e.to_string());
+                }
+            };
+            ops::add_actor(&host, newid)
+                .await
+                .map_err(|e| e.to_string())?;
+            task.log(line).await.map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await;
+    match spawned {
+        Ok(upid) => Ok(Reply::Data(json!(upid.to_string()))),
+        Err(err) => {
+            let _ = ctx
+                .state
+                .store
+                .delete(&gpve_actors::vm::vm_key(newid))
+                .await;
+            Err(err.into())
+        }
+    }
+}
