@@ -93,16 +93,19 @@ pub enum VmCommand {
         #[arg(long)]
         force: bool,
     },
+    /// ACPI shutdown, then start again (forced stop if the guest ignores ACPI).
     Reboot {
         vm: String,
         #[arg(long)]
         node: Option<String>,
     },
+    /// Pause the guest's vCPUs (QMP stop); memory stays in place.
     Suspend {
         vm: String,
         #[arg(long)]
         node: Option<String>,
     },
+    /// Resume a suspended guest.
     Resume {
         vm: String,
         #[arg(long)]
