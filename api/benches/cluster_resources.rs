@@ -153,13 +153,16 @@ async fn main() -> anyhow::Result<()> {
     let measure_from = start + warmup;
     let end = measure_from + Duration::from_secs(secs);
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for i in 0..clients {
         let client = make_client()?;
         let (url, auth) = (url.clone(), auth.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
-            let mut next = Instant::now();
+            // Spread the clients' first requests over one interval: starting them together
+            // would measure a synchronised burst of `clients` requests, not a steady load.
+            let mut next =
+                Instant::now() + Duration::from_millis(interval_ms * i as u64 / clients as u64);
             while Instant::now() < end {
                 if interval_ms > 0 {
                     tokio::time::sleep_until(next.into()).await;
