@@ -149,8 +149,20 @@ impl From<gpve_actors::vm::VmError> for ApiError {
 }
 
 impl From<gpve_store::StoreError> for ApiError {
+    /// Contention and unknown commit outcomes are transient: 503 tells clients to retry,
+    /// and says whether the write may already have happened. Anything else is a fault.
     fn from(e: gpve_store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_conflict() {
+            ApiError::Unavailable(format!(
+                "{e}: the store is contended, nothing was changed; retry"
+            ))
+        } else if e.is_maybe_committed() {
+            ApiError::Unavailable(format!(
+                "{e}: the change may or may not have been applied; check before retrying"
+            ))
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -193,5 +205,33 @@ impl From<gpve_actors::storage::StorageServiceError> for ApiError {
             S::Busy { .. } | S::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             S::Store(inner) => inner.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpve_store::StoreError;
+
+    fn exhausted(last: StoreError) -> StoreError {
+        StoreError::RetriesExhausted {
+            attempts: 50,
+            last: Box::new(last),
+        }
+    }
+
+    #[test]
+    fn store_contention_is_a_retryable_503_not_a_500() {
+        let conflict = ApiError::from(exhausted(StoreError::Conflict));
+        assert_eq!(conflict.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(conflict.to_string().contains("nothing was changed"));
+
+        let unknown = ApiError::from(exhausted(StoreError::CommitUnknownResult));
+        assert_eq!(unknown.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            unknown
+                .to_string()
+                .contains("may or may not have been applied")
+        );
     }
 }
