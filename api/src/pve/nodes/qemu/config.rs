@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
-    MAX_VALUE_BYTES, OP_TIMEOUT_MS, config_changes, config_params, entry, host, leak_schema,
-    precheck, spawn_op, vmid,
+    MAX_VALUE_BYTES, OP_TIMEOUT_MS, checked_entry, config_changes, config_params, entry, host,
+    leak_schema, spawn_op, vmid,
 };
 use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply};
@@ -152,9 +152,7 @@ fn list(s: Option<&str>) -> Vec<String> {
 
 /// Check a change request; returns the operation to send.
 async fn prepare(ctx: &Ctx) -> Result<(u32, VmOp), ApiError> {
-    let vmid = vmid(ctx)?;
-    let e = entry(ctx, vmid).await?;
-    precheck(&e, &Command::UpdateConfig)?;
+    let (vmid, e) = checked_entry(ctx, &Command::UpdateConfig).await?;
     if let Some(d) = ctx.params.str("digest")
         && d != digest(&e.config)
     {

@@ -83,6 +83,14 @@ pub fn precheck(e: &VmEntry, cmd: &Command) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The VM the route names, loaded and checked for `cmd` (lock and state) before any work.
+pub async fn checked_entry(ctx: &Ctx, cmd: &Command) -> Result<(u32, VmEntry), ApiError> {
+    let vmid = vmid(ctx)?;
+    let e = entry(ctx, vmid).await?;
+    precheck(&e, cmd)?;
+    Ok((vmid, e))
+}
+
 /// Run `op` on VM `vmid` as a task of type `worker_type`; returns the UPID reply.
 pub async fn spawn_op(
     ctx: &Ctx,
@@ -352,9 +360,7 @@ pub const DELETE: Endpoint = Endpoint {
 
 /// Destroy the VM (it must be stopped), its disks and its actor.
 pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
-    let vmid = vmid(&ctx)?;
-    let e = entry(&ctx, vmid).await?;
-    precheck(&e, &Command::Delete)?;
+    let (vmid, _) = checked_entry(&ctx, &Command::Delete).await?;
     let purge = ctx.params.bool("purge").unwrap_or(false);
     let user = ctx.userid()?.to_string();
     let host = host(&ctx.state);
@@ -393,9 +399,7 @@ pub const TEMPLATE: Endpoint = Endpoint {
 };
 
 pub async fn template(ctx: Ctx) -> Result<Reply, ApiError> {
-    let vmid = vmid(&ctx)?;
-    let e = entry(&ctx, vmid).await?;
-    precheck(&e, &Command::Template)?;
+    let (vmid, _) = checked_entry(&ctx, &Command::Template).await?;
     if ctx.params.has("disk") {
         return Err(ApiError::param(
             "disk",

@@ -6,7 +6,7 @@ use gpve_actors::vm::VmOp;
 use gpve_actors::vm::state::Command;
 use serde_json::json;
 
-use super::{entry, list_item, precheck, spawn_op, vmid};
+use super::{checked_entry, entry, list_item, precheck, spawn_op, vmid};
 use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply};
 use crate::schema::{Format, Param, ParamSchema};
@@ -86,9 +86,7 @@ macro_rules! simple_op {
         };
 
         pub async fn $handler(ctx: Ctx) -> Result<Reply, ApiError> {
-            let vmid = vmid(&ctx)?;
-            let e = entry(&ctx, vmid).await?;
-            precheck(&e, &$cmd)?;
+            let (vmid, _) = checked_entry(&ctx, &$cmd).await?;
             spawn_op(&ctx, $worker, vmid, $op).await
         }
     };
@@ -126,9 +124,7 @@ pub const START: Endpoint = Endpoint {
 };
 
 pub async fn start(ctx: Ctx) -> Result<Reply, ApiError> {
-    let vmid = vmid(&ctx)?;
-    let e = entry(&ctx, vmid).await?;
-    precheck(&e, &Command::Start)?;
+    let (vmid, _) = checked_entry(&ctx, &Command::Start).await?;
     if ctx.params.has("machine") {
         return Err(ApiError::param(
             "machine",
@@ -154,9 +150,7 @@ pub const STOP: Endpoint = Endpoint {
 };
 
 pub async fn stop(ctx: Ctx) -> Result<Reply, ApiError> {
-    let vmid = vmid(&ctx)?;
-    let e = entry(&ctx, vmid).await?;
-    precheck(&e, &Command::Stop)?;
+    let (vmid, _) = checked_entry(&ctx, &Command::Stop).await?;
     spawn_op(&ctx, "qmstop", vmid, VmOp::Stop).await
 }
 
