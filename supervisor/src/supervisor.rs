@@ -36,6 +36,8 @@ pub enum SupervisorError {
     },
     #[error("child {path} was not spawned linked to its supervisor")]
     ChildNotLinked { path: String },
+    #[error("child {path} is not running (it is {state:?}); there is nothing to restart")]
+    NotRunning { path: String, state: ActorState },
     #[error("supervisor {path} failed to start")]
     Spawn {
         path: String,
@@ -59,6 +61,12 @@ pub enum SupervisorMsg {
     AddChild(ChildSpec, RpcReplyPort<Result<(), SupervisorError>>),
     RemoveChild(String, RpcReplyPort<Result<(), SupervisorError>>),
     ListChildren(RpcReplyPort<Vec<ChildInfo>>),
+    /// Restart a running child on request (see [`SupervisorHandle::restart_child`]).
+    RestartChild {
+        id: String,
+        reason: String,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    },
     /// A backoff elapsed: start the children waiting under this restart generation.
     RestartDue {
         generation: u64,
@@ -317,6 +325,66 @@ impl Supervisor {
             .set_stopped(&entry.path, Some("removed".to_string()));
         state.directory.remove_subtree(&entry.path);
         Ok(())
+    }
+
+    /// Stop running child `id` and start a new incarnation at once. A requested restart
+    /// is not a failure: it is recorded in the directory but not counted towards the
+    /// restart intensity, and it restarts only this child whatever the strategy.
+    async fn restart_child(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: &str,
+        reason: String,
+        reply: RpcReplyPort<Result<(), SupervisorError>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(idx) = state.children.iter().position(|c| c.spec.id == id) else {
+            let _ = reply.send(Err(SupervisorError::UnknownChild {
+                supervisor: state.path.clone(),
+                id: id.to_string(),
+            }));
+            return Ok(());
+        };
+        let entry = &mut state.children[idx];
+        let cell = match (entry.status, entry.cell.take()) {
+            (ChildStatus::Running, Some(cell)) => cell,
+            (status, cell) => {
+                entry.cell = cell;
+                let _ = reply.send(Err(SupervisorError::NotRunning {
+                    path: entry.path.clone(),
+                    state: match status {
+                        ChildStatus::Running => ActorState::Running,
+                        ChildStatus::Restarting { .. } => ActorState::Restarting,
+                        ChildStatus::Stopped => ActorState::Stopped,
+                        ChildStatus::Failed => ActorState::Failed,
+                    },
+                }));
+                return Ok(());
+            }
+        };
+        let path = entry.path.clone();
+        // With `cell` taken, the exit event of this incarnation matches no entry.
+        stop_child(cell, &reason, state.shutdown_timeout_ms).await;
+        state.directory.set_stopped(&path, Some(reason.clone()));
+        state.directory.remove_descendants(&path);
+        state.directory.set_restarting(&path, &reason);
+        let spec = state.children[idx].spec.clone();
+        let stats = state.children[idx].stats.clone();
+        match Self::start(myself, state, &spec, &path, stats).await {
+            Ok(cell) => {
+                state.children[idx].cell = Some(cell.clone());
+                state.children[idx].status = ChildStatus::Running;
+                state.directory.set_running(&path, cell, true);
+                let _ = reply.send(Ok(()));
+                Ok(())
+            }
+            Err(err) => {
+                let why = error_chain(&err);
+                state.directory.record_failure(&path, &why);
+                let _ = reply.send(Err(err));
+                // From here it is an ordinary failure, under the ordinary rules.
+                Self::restart_from(myself, state, idx, why).await
+            }
+        }
     }
 
     /// Stop every child in reverse start order and drop their directory entries.
@@ -616,6 +684,9 @@ impl Actor for Supervisor {
                     .collect();
                 let _ = reply.send(list);
             }
+            SupervisorMsg::RestartChild { id, reason, reply } => {
+                return Self::restart_child(&myself, state, &id, reason, reply).await;
+            }
             SupervisorMsg::RestartDue { generation } => {
                 return Self::restart_due(&myself, state, generation).await;
             }
@@ -759,6 +830,16 @@ impl SupervisorHandle {
     pub async fn remove_child(&self, id: &str) -> Result<(), SupervisorError> {
         let id = id.to_string();
         self.call(|reply| SupervisorMsg::RemoveChild(id, reply))
+            .await?
+    }
+
+    /// Restart running child `id` now (stop, waiting up to `shutdown_timeout_ms`, then
+    /// start again), for an operator's request: the restart shows in the directory but
+    /// does not count towards the restart intensity, and siblings are left alone even
+    /// under rest-for-one.
+    pub async fn restart_child(&self, id: &str, reason: &str) -> Result<(), SupervisorError> {
+        let (id, reason) = (id.to_string(), reason.to_string());
+        self.call(|reply| SupervisorMsg::RestartChild { id, reason, reply })
             .await?
     }
 

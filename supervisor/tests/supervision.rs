@@ -897,3 +897,63 @@ async fn many_children_failing_at_once_each_restart_once() {
     }
     sup.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn requested_restarts_do_not_count_toward_intensity_and_touch_no_sibling() {
+    let log = Log::default();
+    let [a, b, c] = ["a", "b", "c"].map(|id| worker(id, RestartPolicy::Permanent, &log, None));
+    let (policy, mut escalations) = hook_channel();
+    let dir = Directory::new();
+    let sup = Supervisor::spawn(
+        SupervisorSpec::new("root")
+            .strategy(Strategy::RestForOne)
+            .intensity(1, 60_000)
+            .backoff(0, 0)
+            .escalation(policy)
+            .child(a.spec.clone())
+            .child(b.spec.clone())
+            .child(c.spec.clone()),
+        dir.clone(),
+    )
+    .await
+    .expect("spawn");
+    for round in 1..=3u64 {
+        let old = sup.child("b").expect("b running").get_id();
+        sup.restart_child("b", "operator asked")
+            .await
+            .expect("requested restart");
+        assert_ne!(sup.child("b").expect("b running").get_id(), old);
+        let snap = dir.get("root/b").expect("b listed");
+        assert_eq!(
+            (snap.state, snap.restarts),
+            (ActorState::Running, round),
+            "round {round}"
+        );
+        ping(&sup, "b").await;
+    }
+    assert_eq!((starts(&a), starts(&b), starts(&c)), (1, 4, 1));
+    assert_eq!(
+        log_of(&log).iter().filter(|l| *l == "stop b").count(),
+        3,
+        "each requested restart stops the old incarnation gracefully"
+    );
+    // Three requested restarts left the intensity (1 in 60 s) untouched: one real
+    // failure is still restarted, the second escalates.
+    let mut events = dir.subscribe();
+    send(&sup, "b", WorkerMsg::Panic);
+    next_event(&mut events, "b restarted", is("root/b", restarted)).await;
+    assert!(escalations.try_recv().is_err(), "escalated too early");
+    send(&sup, "b", WorkerMsg::Panic);
+    next_event(&mut events, "b escalated", is("root/b", escalated)).await;
+    let err = sup
+        .restart_child("b", "operator asked")
+        .await
+        .expect_err("b is failed");
+    assert!(
+        matches!(&err, SupervisorError::NotRunning { path, .. } if path == "root/b"),
+        "{err}"
+    );
+    let err = sup.restart_child("nope", "x").await.expect_err("unknown");
+    assert!(matches!(err, SupervisorError::UnknownChild { .. }), "{err}");
+    sup.stop().await.expect("stop");
+}
