@@ -3,6 +3,9 @@
 # initramfs. The guest prints GPVE-TEST-GUEST-READY on ttyS0, then runs a shell
 # on ttyS0 (so tests can type into the serial console), and powers off on an
 # ACPI power-button press (acpid + button/evdev modules from the same kernel).
+# With virtio_net (and its virtio/failover dependencies) loaded, the first NIC
+# (eth0) is brought up before READY when the kernel command line carries
+# gpve.ip=ADDR/PREFIX, so network tests can ping the guest.
 #
 # Usage: build-test-guest.sh [CACHE_DIR]   (default /var/cache/gpve/test-guest)
 # Outputs: CACHE_DIR/vmlinuz and CACHE_DIR/initramfs.gz. Idempotent: exits
@@ -15,7 +18,7 @@ INITRD="$CACHE_DIR/initramfs.gz"
 
 STAMP="$CACHE_DIR/guest-version"
 # Bump when the guest contents change so cached outputs are rebuilt.
-GUEST_VERSION=7
+GUEST_VERSION=8
 
 if [ -s "$KERNEL" ] && [ -s "$INITRD" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$GUEST_VERSION" ]; then
     exit 0
@@ -54,9 +57,18 @@ MODDIR="$WORK/pkg/lib/modules/$KVER/kernel"
 ROOT="$WORK/root"
 mkdir -p "$ROOT/bin" "$ROOT/proc" "$ROOT/sys" "$ROOT/dev" "$ROOT/tmp" "$ROOT/lib/modules" "$ROOT/etc/acpi/PWRF"
 cp "$BUSYBOX" "$ROOT/bin/busybox"
-# Modules are uncompressed in Debian 12 kernels; busybox insmod loads them as-is.
-for m in drivers/acpi/button.ko drivers/input/evdev.ko; do
-    if [ -f "$MODDIR/$m" ]; then cp "$MODDIR/$m" "$ROOT/lib/modules/"; fi
+# Modules are uncompressed in Debian 12 kernels; busybox insmod loads them as-is,
+# without resolving dependencies, so they are loaded in the order listed here
+# (dependencies first), kept in /lib/modules/order.
+for m in drivers/acpi/button.ko drivers/input/evdev.ko \
+    drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko \
+    drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci_legacy_dev.ko \
+    drivers/virtio/virtio_pci.ko net/core/failover.ko drivers/net/net_failover.ko \
+    drivers/net/virtio_net.ko; do
+    if [ -f "$MODDIR/$m" ]; then
+        cp "$MODDIR/$m" "$ROOT/lib/modules/"
+        echo "/lib/modules/${m##*/}" >> "$ROOT/lib/modules/order"
+    fi
 done
 
 # busybox acpid maps the power button key to event PWRF/00000080 and runs
@@ -77,7 +89,20 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/modules/*.ko; do [ -f "$m" ] && insmod "$m" 2>/dev/null; done
+while read -r m; do insmod "$m" 2>/dev/null || echo "GPVE-TEST-GUEST-INSMOD-FAILED $m" > /dev/ttyS0; done < /lib/modules/order
+# gpve.ip=ADDR/PREFIX on the kernel command line configures eth0 (bounded wait
+# for the NIC to be probed: 5 s); without a NIC the guest still becomes ready.
+GPVE_IP=$(sed -n 's/.*gpve\.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
+ip link set lo up
+if [ -n "$GPVE_IP" ]; then
+    i=0
+    while [ $i -lt 50 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 0.1; i=$((i + 1)); done
+    if ip addr add "$GPVE_IP" dev eth0 && ip link set eth0 up; then
+        echo "GPVE-TEST-GUEST-NET $GPVE_IP" > /dev/ttyS0
+    else
+        echo "GPVE-TEST-GUEST-NO-NET" > /dev/ttyS0
+    fi
+fi
 # busybox acpid needs /var/log for its default log file or it exits at once;
 # -f (no daemonizing) makes $! its pid, which the readiness check below needs.
 mkdir -p /var/log /var/run

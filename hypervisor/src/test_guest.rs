@@ -14,6 +14,11 @@ use crate::spec::{Accel, DirectBoot, QemuSpec};
 pub const READY_MARKER: &str = "GPVE-TEST-GUEST-READY";
 /// Printed by the guest just before it powers off on an ACPI power-button press.
 pub const POWEROFF_MARKER: &str = "GPVE-TEST-GUEST-POWEROFF";
+/// Printed before [`READY_MARKER`] once eth0 has the address given on the kernel command
+/// line as `gpve.ip=ADDR/PREFIX` (see [`NET_ARG`]).
+pub const NET_MARKER: &str = "GPVE-TEST-GUEST-NET";
+/// Kernel command-line key the guest's init reads to configure eth0.
+pub const NET_ARG: &str = "gpve.ip";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/gpve/test-guest";
 /// The Debian cloud kernel does not boot in 64 MiB (it hangs silently while
 /// decompressing), so the test guest gets 128 MiB.
