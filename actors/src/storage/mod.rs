@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use gpve_storage_drivers::fsutil;
 use gpve_storage_drivers::{
-    Capabilities, Content, PoolStatus, StorageDriver, StorageError, VolumeFormat, VolumeId,
-    VolumeInfo,
+    Capabilities, CloneMode, Content, PoolStatus, StorageDriver, StorageError, VolumeFormat,
+    VolumeId, VolumeInfo,
 };
 use gpve_store::{Store, StoreError};
 use gpve_supervisor::{
@@ -684,6 +684,62 @@ impl StorageService {
             last.map(|i| i.to_string()).unwrap_or_default()
         ))
         .into())
+    }
+}
+
+impl StorageService {
+    /// Grow `volume` to `new_size_bytes` through its volume actor.
+    pub async fn resize(
+        &self,
+        volume: &VolumeId,
+        new_size_bytes: u64,
+    ) -> Result<VolumeInfo, StorageServiceError> {
+        self.volume(volume, true, |reply| VolumeMsg::Resize {
+            new_size_bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// The next free `vm-VMID-disk-N` id on `storage` (in `format` on dir layouts).
+    pub async fn next_disk_id(
+        &self,
+        storage: &str,
+        vmid: u32,
+        format: VolumeFormat,
+    ) -> Result<VolumeId, StorageServiceError> {
+        self.ask(storage, self.call_timeout_ms, |reply| {
+            StorageMsg::NextDiskId {
+                vmid,
+                format,
+                reply,
+            }
+        })
+        .await?
+    }
+
+    /// Copy `source` to `target` on the same storage (see [`VolumeMsg::Clone`]).
+    pub async fn clone_volume(
+        &self,
+        source: &VolumeId,
+        target: &VolumeId,
+        mode: CloneMode,
+    ) -> Result<VolumeInfo, StorageServiceError> {
+        let target = target.clone();
+        self.volume(source, true, |reply| VolumeMsg::Clone {
+            target,
+            mode,
+            reply,
+        })
+        .await
+    }
+
+    /// The capabilities of storage `id`'s driver (None while its pool is not mounted).
+    pub async fn capabilities(&self, id: &str) -> Result<Capabilities, StorageServiceError> {
+        self.status(id)
+            .await?
+            .capabilities
+            .ok_or_else(|| StorageError::PoolNotActive(id.to_string()).into())
     }
 }
 

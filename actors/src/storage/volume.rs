@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use gpve_storage_drivers::fsutil::{self, FsError};
 use gpve_storage_drivers::{
-    SnapshotInfo, SnapshotName, StorageDriver, StorageError, VolumeId, VolumeInfo, VolumeLocation,
+    CloneMode, SnapshotInfo, SnapshotName, StorageDriver, StorageError, VolumeFormat, VolumeId,
+    VolumeInfo, VolumeLocation,
 };
 use gpve_store::{Key, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -95,6 +96,36 @@ pub enum VolumeMsg {
         tmp: PathBuf,
         reply: Reply<VolumeInfo>,
     },
+    /// Grow the image to `new_size_bytes` (shrinking is refused by the driver, naming the
+    /// current size). Refused while a running VM has the volume open: that VM's actor
+    /// resizes through QMP instead.
+    Resize {
+        new_size_bytes: u64,
+        reply: Reply<VolumeInfo>,
+    },
+    /// Copy this volume to `target` on the same storage: `Linked` shares unchanged data
+    /// (qcow2 backing file, btrfs snapshot) and is refused with `Unsupported` where the
+    /// backend cannot; `Full` copies every block. The driver builds the copy under a
+    /// temporary name and renames it into place, so a crash leaves no `target` (the
+    /// temporary is removed when the pool is next mounted).
+    Clone {
+        target: VolumeId,
+        mode: CloneMode,
+        reply: Reply<VolumeInfo>,
+    },
+    /// Write this volume, flattened (no backing file), to the host file `dest` in
+    /// `format`; `dest` must not exist. Refused while a running VM has it open.
+    Export {
+        dest: PathBuf,
+        format: Option<VolumeFormat>,
+        reply: Reply<()>,
+    },
+    /// Create this volume from the host image `source` (converted to this volume's
+    /// format; built under a temporary name and renamed into place).
+    Import {
+        source: PathBuf,
+        reply: Reply<VolumeInfo>,
+    },
 }
 
 impl VolumeMsg {
@@ -102,7 +133,11 @@ impl VolumeMsg {
     pub fn fail(self, err: StorageServiceError) {
         // A caller that gave up waiting is not an error here.
         match self {
-            VolumeMsg::Create { reply, .. } | VolumeMsg::Info { reply } => {
+            VolumeMsg::Create { reply, .. }
+            | VolumeMsg::Info { reply }
+            | VolumeMsg::Resize { reply, .. }
+            | VolumeMsg::Clone { reply, .. }
+            | VolumeMsg::Import { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             VolumeMsg::Publish { tmp, reply } => {
@@ -113,6 +148,7 @@ impl VolumeMsg {
                 let _ = reply.send(Err(err));
             }
             VolumeMsg::Delete { reply }
+            | VolumeMsg::Export { reply, .. }
             | VolumeMsg::CreateSnapshot { reply, .. }
             | VolumeMsg::DeleteSnapshot { reply, .. }
             | VolumeMsg::RollbackSnapshot { reply, .. } => {
@@ -228,7 +264,89 @@ async fn run(st: &VolumeArgs, msg: VolumeMsg) {
             }
             send(reply, result);
         }
+        VolumeMsg::Resize {
+            new_size_bytes,
+            reply,
+        } => send(reply, resize(st, new_size_bytes).await),
+        VolumeMsg::Clone {
+            target,
+            mode,
+            reply,
+        } => send(reply, clone(st, &target, mode).await),
+        VolumeMsg::Export {
+            dest,
+            format,
+            reply,
+        } => send(reply, export(st, &dest, format).await),
+        VolumeMsg::Import { source, reply } => {
+            send(
+                reply,
+                d.import_volume(&source, id).await.map_err(Into::into),
+            );
+        }
     }
+}
+
+async fn export(
+    st: &VolumeArgs,
+    dest: &std::path::Path,
+    format: Option<VolumeFormat>,
+) -> Result<(), StorageServiceError> {
+    if let Some(vmid) = running_user(st).await? {
+        return Err(StorageError::VolumeInUse {
+            volume: st.id.clone(),
+            user: format!("the running VM {vmid}; stop it before copying the volume"),
+        }
+        .into());
+    }
+    Ok(st.driver.export_volume(&st.id, dest, format).await?)
+}
+
+async fn resize(st: &VolumeArgs, new_size_bytes: u64) -> Result<VolumeInfo, StorageServiceError> {
+    if let Some(vmid) = running_user(st).await? {
+        return Err(StorageError::VolumeInUse {
+            volume: st.id.clone(),
+            user: format!("the running VM {vmid} (resize it through the VM)"),
+        }
+        .into());
+    }
+    st.driver.resize_volume(&st.id, new_size_bytes).await?;
+    Ok(st.driver.volume_info(&st.id).await?)
+}
+
+/// The VM that references this volume and has a QEMU process, if any: such a volume is
+/// open for writing and must not change under QEMU. Reads the VM records as raw JSON, as
+/// [`usage`] does.
+async fn running_user(st: &VolumeArgs) -> Result<Option<u32>, StorageServiceError> {
+    let rows: Vec<(gpve_store::Key, serde_json::Value)> = st
+        .store
+        .list_json(&gpve_store::Key::prefix(&(crate::vm::VM_SUBSPACE,)))
+        .await?;
+    let wanted = st.id.to_string();
+    Ok(rows
+        .iter()
+        .find(|(_, r)| r["status"] == "running" && usage::record_uses(r, &wanted))
+        .map(|(_, r)| r["vmid"].as_u64().unwrap_or(0) as u32))
+}
+
+async fn clone(
+    st: &VolumeArgs,
+    target: &VolumeId,
+    mode: CloneMode,
+) -> Result<VolumeInfo, StorageServiceError> {
+    if target.storage() != st.id.storage() {
+        return Err(StorageError::WrongStorage(target.clone(), st.id.storage().to_string()).into());
+    }
+    // A full copy of a disk a running QEMU writes would be torn; a linked clone of it
+    // would see later writes through its backing file.
+    if let Some(vmid) = running_user(st).await? {
+        return Err(StorageError::VolumeInUse {
+            volume: st.id.clone(),
+            user: format!("the running VM {vmid}; stop it before cloning"),
+        }
+        .into());
+    }
+    Ok(st.driver.clone_volume(&st.id, target, mode).await?)
 }
 
 fn in_use(id: &VolumeId, vmid: u32) -> StorageServiceError {
