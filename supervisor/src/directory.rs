@@ -28,11 +28,16 @@ pub enum ActorState {
     Failed,
 }
 
+/// Most resources one actor may publish through [`ActorStats::set_owned`].
+pub const MAX_OWNED_RESOURCES: usize = 16;
+
 /// Cheap counters an actor bumps itself. Shared by all incarnations of one child.
 #[derive(Debug, Default)]
 pub struct StatsInner {
     sent: AtomicU64,
     handled: AtomicU64,
+    /// What the actor says it owns (`vmid=100`, `qemu_pid=1234`), for the console.
+    owned: Mutex<BTreeMap<String, String>>,
 }
 
 /// Handle to an actor's counters; clone it into the actor and call
@@ -63,6 +68,40 @@ impl ActorStats {
     pub fn mailbox_depth(&self) -> u64 {
         let sent = self.0.sent.load(Ordering::Relaxed);
         sent.saturating_sub(self.0.handled.load(Ordering::Relaxed))
+    }
+
+    fn owned_map(&self) -> MutexGuard<'_, BTreeMap<String, String>> {
+        // Plain strings: a panic while holding the lock cannot leave them inconsistent.
+        self.0
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publish a resource the actor owns, e.g. `("vmid", "100")` or `("qemu_pid", "1234")`.
+    /// Shown by the console; cleared when the incarnation ends (the next one republishes).
+    /// Beyond [`MAX_OWNED_RESOURCES`] keys, new keys are ignored.
+    pub fn set_owned(&self, key: &str, value: impl std::fmt::Display) {
+        let mut owned = self.owned_map();
+        if owned.len() >= MAX_OWNED_RESOURCES && !owned.contains_key(key) {
+            return;
+        }
+        owned.insert(key.to_string(), value.to_string());
+    }
+
+    /// Withdraw one published resource (e.g. the QEMU pid once the process is gone).
+    pub fn clear_owned(&self, key: &str) {
+        self.owned_map().remove(key);
+    }
+
+    /// The published resources, by key.
+    pub fn owned(&self) -> BTreeMap<String, String> {
+        self.owned_map().clone()
+    }
+
+    /// An ended incarnation owns nothing any more.
+    pub(crate) fn clear_all_owned(&self) {
+        self.owned_map().clear();
     }
 
     /// A restart drops the old mailbox: forget what was queued in it.
@@ -96,6 +135,9 @@ pub struct ActorSnapshot {
     pub recent_restarts: Vec<RestartRecord>,
     pub last_failure: Option<RestartRecord>,
     pub started_at_ms: Option<u64>,
+    /// Resources the actor published with [`ActorStats::set_owned`] (`vmid`, `qemu_pid`).
+    #[serde(default)]
+    pub owns: BTreeMap<String, String>,
 }
 
 /// A snapshot arranged as the supervision tree.
@@ -285,6 +327,7 @@ impl Directory {
         entry.state = ActorState::Restarting;
         entry.cell = None;
         entry.stats.reset_mailbox();
+        entry.stats.clear_all_owned();
         entry.restarts += 1;
         if entry.recent_restarts.len() == RECENT_RESTARTS_LEN {
             entry.recent_restarts.pop_front();
@@ -303,6 +346,7 @@ impl Directory {
             if let Some(entry) = entries.get_mut(path) {
                 entry.state = ActorState::Failed;
                 entry.cell = None;
+                entry.stats.clear_all_owned();
                 entry.last_failure = Some(RestartRecord {
                     at_ms: now_ms,
                     reason: reason.to_string(),
@@ -324,6 +368,7 @@ impl Directory {
             if let Some(entry) = entries.get_mut(path) {
                 entry.state = ActorState::Stopped;
                 entry.cell = None;
+                entry.stats.clear_all_owned();
             }
         }
         self.emit(path, EventKind::Stopped { reason });
@@ -334,6 +379,7 @@ impl Directory {
         if let Some(entry) = self.entries().get_mut(path) {
             entry.state = ActorState::Failed;
             entry.cell = None;
+            entry.stats.clear_all_owned();
         }
     }
 
@@ -424,6 +470,7 @@ impl Directory {
             recent_restarts: e.recent_restarts.iter().cloned().collect(),
             last_failure: e.last_failure.clone(),
             started_at_ms: e.started_at_ms,
+            owns: e.stats.owned(),
         }
     }
 
@@ -506,5 +553,31 @@ mod tests {
         assert_eq!(snap.recent_restarts[0].reason, "boom 3");
         d.remove_subtree("node:n1");
         assert!(d.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn owned_resources_show_in_snapshots_and_end_with_the_incarnation() {
+        let d = Directory::new();
+        let stats = d.register("node:n1/vm:100", "vm", "vm:100", None);
+        stats.set_owned("vmid", 100);
+        stats.set_owned("qemu_pid", 4242);
+        let snap = d.get("node:n1/vm:100").expect("entry exists");
+        assert_eq!(snap.owns.get("vmid").map(String::as_str), Some("100"));
+        assert_eq!(snap.owns.get("qemu_pid").map(String::as_str), Some("4242"));
+        let json = serde_json::to_value(&snap).expect("snapshot serializes");
+        assert_eq!(json["owns"]["qemu_pid"], "4242");
+        stats.clear_owned("qemu_pid");
+        assert!(
+            !d.get("node:n1/vm:100")
+                .expect("entry")
+                .owns
+                .contains_key("qemu_pid")
+        );
+        for i in 0..(MAX_OWNED_RESOURCES + 4) {
+            stats.set_owned(&format!("k{i}"), i);
+        }
+        assert_eq!(stats.owned().len(), MAX_OWNED_RESOURCES);
+        d.set_restarting("node:n1/vm:100", "QEMU exited");
+        assert!(d.get("node:n1/vm:100").expect("entry").owns.is_empty());
     }
 }

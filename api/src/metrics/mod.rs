@@ -1,13 +1,15 @@
 //! Observability of the API service: request counters and latency histograms (one
 //! middleware layer, which also opens the per-request tracing span), the message-rate
-//! sampler of the actor console, and `GET /metrics` in the Prometheus text format
-//! ([`render`]).
+//! sampler of the actor console, the resource usage sampler and its round-robin archives
+//! ([`usage`], [`rrd`]), and `GET /metrics` in the Prometheus text format ([`render`]).
 //!
 //! Everything here lives in [`AppState`] so it survives restarts of the `api` actor (each
 //! incarnation builds a new router over the same state).
 
 mod render;
+pub mod rrd;
 mod sampler;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +24,7 @@ use tracing::Instrument;
 
 pub use render::{METRICS_GET, scrape};
 pub use sampler::{RATE_SAMPLE_INTERVAL_MS, RateSampler};
+pub use usage::{SAMPLE_INTERVAL_MS, SamplerActor, Usage, UsageSample};
 
 use crate::state::{AppState, now_s};
 
@@ -65,6 +68,8 @@ struct MetricsInner {
     /// Requests that started and have not answered yet.
     in_flight: std::sync::atomic::AtomicI64,
     sampler: RateSampler,
+    /// The resource usage sampler's latest sample and archives.
+    usage: Usage,
     event_streams: Arc<Semaphore>,
     /// Bumped by [`Metrics::close_event_streams`]; open streams end when it changes.
     stream_generation: tokio::sync::watch::Sender<u64>,
@@ -88,6 +93,7 @@ impl Metrics {
             requests: Mutex::new(BTreeMap::new()),
             in_flight: std::sync::atomic::AtomicI64::new(0),
             sampler: RateSampler::new(),
+            usage: Usage::default(),
             event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
             stream_generation: tokio::sync::watch::Sender::new(0),
         }))
@@ -134,6 +140,12 @@ impl Metrics {
     /// The message-rate sampler of the actor console.
     pub fn sampler(&self) -> &RateSampler {
         &self.0.sampler
+    }
+
+    /// Resource usage of the node and its VMs (one sampler feeds `/metrics`,
+    /// `status/current` and `rrddata`).
+    pub fn usage(&self) -> &Usage {
+        &self.0.usage
     }
 
     /// A slot for one event watch stream, or `None` when [`MAX_EVENT_STREAMS`] are open.

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4).
 //!
-//! Access: an administrator's API token or ticket (the `Sys.Audit`-like [`Privilege::Admin`]
-//! of the current privilege model), like Kubernetes' `/metrics` and unlike node_exporter:
+//! Access: `Sys.Audit` on `/` (an auditor's or administrator's token or ticket), like
+//! Kubernetes' `/metrics` and unlike node_exporter:
 //! the series name actors, VMs and storages, which a tenant must not enumerate. Scrape it
 //! with a dedicated token (`docs/logging.md` shows the Prometheus configuration).
 //!
@@ -30,7 +30,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const METRICS_GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["Sys.Audit"]),
     description: "Prometheus metrics of this server (text exposition format).",
 };
 
@@ -356,6 +356,87 @@ async fn write_vms(e: &mut Exposition, state: &AppState) {
     }
 }
 
+/// Usage families from the sampler's latest sample (see [`super::usage`]): the numbers
+/// `status/current` and `rrddata` show.
+fn write_usage(e: &mut Exposition, node: &str, sample: &super::UsageSample) {
+    if let Some(n) = &sample.node {
+        type NodeField = fn(&super::usage::NodeUsage) -> u64;
+        let counters: [(&str, &str, NodeField); 2] = [
+            (
+                "gpve_node_network_receive_bytes_total",
+                "Bytes received by the node's own interfaces (not taps or bridges).",
+                |n| n.netin_bytes,
+            ),
+            (
+                "gpve_node_network_transmit_bytes_total",
+                "Bytes sent by the node's own interfaces (not taps or bridges).",
+                |n| n.netout_bytes,
+            ),
+        ];
+        for (name, help, field) in counters {
+            e.family(name, "counter", help);
+            e.sample(name, &[("node", node)], field(n) as f64);
+        }
+    }
+    if sample.vms.is_empty() {
+        return;
+    }
+    type VmField = fn(&super::usage::VmUsage) -> Option<f64>;
+    let families: [(&str, &str, &str, VmField); 7] = [
+        (
+            "gpve_vm_cpu_seconds_total",
+            "counter",
+            "CPU time of the VM's QEMU process (all threads), from /proc.",
+            |v| Some(v.counters.cpu_s),
+        ),
+        (
+            "gpve_vm_cpu_ratio",
+            "gauge",
+            "CPU use over the last sampling interval as a fraction of the VM's vCPUs.",
+            |v| v.cpu,
+        ),
+        (
+            "gpve_vm_memory_rss_bytes",
+            "gauge",
+            "Resident memory of the VM's QEMU process.",
+            |v| Some(v.mem_bytes as f64),
+        ),
+        (
+            "gpve_vm_disk_read_bytes_total",
+            "counter",
+            "Bytes the VM's QEMU process read from storage (/proc/PID/io read_bytes).",
+            |v| Some(v.counters.diskread_bytes as f64),
+        ),
+        (
+            "gpve_vm_disk_write_bytes_total",
+            "counter",
+            "Bytes the VM's QEMU process wrote to storage (/proc/PID/io write_bytes).",
+            |v| Some(v.counters.diskwrite_bytes as f64),
+        ),
+        (
+            "gpve_vm_network_receive_bytes_total",
+            "counter",
+            "Bytes the VM received through its taps (the taps' transmit counters).",
+            |v| Some(v.counters.netin_bytes as f64),
+        ),
+        (
+            "gpve_vm_network_transmit_bytes_total",
+            "counter",
+            "Bytes the VM sent through its taps (the taps' receive counters).",
+            |v| Some(v.counters.netout_bytes as f64),
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        e.family(name, kind, help);
+        for v in sample.vms.values() {
+            if let Some(value) = field(v) {
+                let vmid = v.vmid.to_string();
+                e.sample(name, &[("vmid", &vmid), ("node", node)], value);
+            }
+        }
+    }
+}
+
 async fn write_storage(e: &mut Exposition, state: &AppState) {
     use gpve_actors::storage::{SUPERVISOR_ID, StorageService, config};
     let node = state.config.node_name.clone();
@@ -479,6 +560,9 @@ pub async fn render(state: &AppState) -> String {
     write_tasks(&mut e, state).await;
     write_node(&mut e, state).await;
     write_vms(&mut e, state).await;
+    if let Some(sample) = state.metrics.usage().latest() {
+        write_usage(&mut e, &state.config.node_name, &sample);
+    }
     write_storage(&mut e, state).await;
     e.out
 }

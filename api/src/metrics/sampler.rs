@@ -115,6 +115,7 @@ mod tests {
             recent_restarts: Vec::new(),
             last_failure: None,
             started_at_ms: Some(0),
+            owns: Default::default(),
         }
     }
 
