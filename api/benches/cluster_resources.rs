@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gpve-server"))
-        .args(["run", "--data-dir"])
+        .args(["run", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")

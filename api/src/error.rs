@@ -141,9 +141,10 @@ impl From<gpve_actors::vm::VmError> for ApiError {
             V::NotFound(_) => ApiError::NotFound(e.to_string()),
             V::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             V::Store(inner) => inner.into(),
-            V::Hypervisor { .. } | V::Storage(_) | V::ShutdownTimeout { .. } => {
-                ApiError::Internal(e.to_string())
-            }
+            V::Hypervisor { .. }
+            | V::Storage(_)
+            | V::ShutdownTimeout { .. }
+            | V::Network { .. } => ApiError::Internal(e.to_string()),
         }
     }
 }

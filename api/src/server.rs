@@ -45,8 +45,8 @@ pub struct ServeOptions {
 /// The API router with its fallbacks, ready to serve.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .nest(API_PREFIX, crate::pve::router())
-        .nest(crate::v1::V1_PREFIX, crate::v1::router())
+        .nest(API_PREFIX, crate::pve::router().into_router())
+        .nest(crate::v1::V1_PREFIX, crate::v1::router().into_router())
         .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(not_implemented)
         // Handlers read bodies themselves with the same bound; this covers the rest.
@@ -57,6 +57,18 @@ pub fn app(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .with_state(state)
+}
+
+/// Every route the API serves with its endpoint declaration (method, parameters,
+/// permission), full paths (`/api2/json/...`, `/api/v1/...`). `/metrics` is listed too.
+pub fn route_table() -> Vec<crate::router::RouteEntry> {
+    let mut table = crate::pve::router().table(API_PREFIX);
+    table.extend(crate::v1::router().table(crate::v1::V1_PREFIX));
+    table.push(crate::router::RouteEntry {
+        path: "/metrics".into(),
+        endpoint: &crate::metrics::METRICS_GET,
+    });
+    table
 }
 
 /// A TLS 1.2/1.3 configuration (ring provider) from PEM files.
@@ -101,10 +113,26 @@ impl std::fmt::Debug for RunningServer {
     }
 }
 
-/// Open the data directory, recover tasks and start the root supervision tree.
+/// Open the data directory, recover tasks and start the root supervision tree (no gRPC:
+/// a single node).
 pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServerError> {
+    start_with_cluster(opts, None, None).await
+}
+
+/// [`start`], also serving the cluster's gRPC services on `grpc_listen` when given, and
+/// telling joined agents to dial `advertise`.
+pub async fn start_with_cluster(
+    opts: ServeOptions,
+    grpc_listen: Option<SocketAddr>,
+    advertise: Option<String>,
+) -> Result<RunningServer, ServerError> {
     let dir = DataDir::new(&opts.data_dir);
     let (node_cfg, key) = dir.load()?;
+    let mut cluster =
+        crate::cluster::ClusterOptions::single(opts.data_dir.clone(), node_cfg.node_name.clone());
+    cluster.cluster_name = node_cfg.cluster_name.clone();
+    cluster.grpc_listen = grpc_listen;
+    cluster.advertise = advertise;
     let tls = tls_config(&dir.cert(), &dir.key())?;
     let store = Store::open_redb(&dir.store())?;
 
@@ -130,7 +158,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServerError> {
         state: state.clone(),
     };
     let root = Supervisor::spawn(
-        root_spec(&node_cfg.node_name, store, api),
+        root_spec(&node_cfg.node_name, store, api, cluster),
         directory.clone(),
     )
     .await

@@ -3,10 +3,12 @@
 //! ```text
 //! gpve-server            one-for-one, 5 restarts in 60 s, then the process exits
 //! ├── store              probes the store; fails (and is restarted) when it stops answering
-//! ├── cluster            supervisor; membership, scheduler and ha-manager join it later
+//! ├── cluster            supervisor: membership (node monitors) and the gRPC listener
 //! ├── node:{name}        the local node actor
 //! ├── storage            supervisor; one storage:{id} actor per storage enabled here
+//! ├── network            bridges, VM taps and the nftables ruleset, converged to the store
 //! ├── qemu               supervisor; one vm:{vmid} actor per VM on this node (adopts QEMU)
+//! ├── usage-sampler      node and VM resource usage every 10 s, for /metrics and rrddata
 //! └── api                owns the HTTPS listener; restarted if the server task dies
 //! ```
 //!
@@ -157,7 +159,9 @@ impl Actor for ApiActor {
             })
             .handle(handle.clone());
         let app = args.state.clone();
-        let service = crate::server::app(args.state).into_make_service();
+        // With the peer address: the audit log records where each change came from.
+        let service =
+            crate::server::app(args.state).into_make_service_with_connect_info::<SocketAddr>();
         let serve = tokio::spawn(async move {
             let reason = match server.serve(service).await {
                 Ok(()) => "the HTTPS server stopped".to_string(),
@@ -205,10 +209,17 @@ impl Actor for ApiActor {
 // root
 
 /// The root supervisor's specification.
-pub fn root_spec(node: &str, store: Store, api: ApiArgs) -> SupervisorSpec {
+pub fn root_spec(
+    node: &str,
+    store: Store,
+    api: ApiArgs,
+    cluster: crate::cluster::ClusterOptions,
+) -> SupervisorSpec {
     let node_name = node.to_string();
+    let cluster = crate::cluster::supervisor_child(cluster, store.clone());
     let storage = gpve_actors::storage::supervisor_child(node, store.clone());
     let vms = gpve_actors::vm::supervisor_child(crate::pve::nodes::qemu::host(&api.state));
+    let network = gpve_actors::network::child(node, store.clone());
     SupervisorSpec::new(ROOT)
         .kind("server")
         .strategy(Strategy::OneForOne)
@@ -227,10 +238,7 @@ pub fn root_spec(node: &str, store: Store, api: ApiArgs) -> SupervisorSpec {
                 )
             },
         ))
-        .child(ChildSpec::supervisor(
-            RestartPolicy::Permanent,
-            SupervisorSpec::new("cluster").kind("cluster"),
-        ))
+        .child(cluster)
         .child(ChildSpec::actor(
             gpve_actors::node::actor_name(node),
             "node",
@@ -246,8 +254,28 @@ pub fn root_spec(node: &str, store: Store, api: ApiArgs) -> SupervisorSpec {
         ))
         // Storage before api: handlers find the storage actors already running.
         .child(storage)
+        // Network before VMs: a starting VM asks it to apply its firewall.
+        .child(network)
         // VMs after storage: a re-adopted or restarted VM resolves its disks through it.
         .child(vms)
+        // After the node and the VMs: it samples both.
+        .child(ChildSpec::actor(
+            "usage-sampler",
+            "sampler",
+            RestartPolicy::Permanent,
+            {
+                let state = api.state.clone();
+                move |ctx| {
+                    (
+                        crate::metrics::SamplerActor {
+                            stats: ctx.stats.clone(),
+                            state: state.clone(),
+                        },
+                        (),
+                    )
+                }
+            },
+        ))
         .child(ChildSpec::actor(
             "api",
             "api",

@@ -187,7 +187,7 @@ async fn tree_describe_events_restart_and_refusals() {
         .await
         .expect("restart");
     assert_eq!(result.restarts_before, 0);
-    assert_eq!(result.how, "graceful-stop");
+    assert_eq!(result.how, "restarted");
 
     let deadline = Instant::now() + Duration::from_millis(EVENT_WAIT_MS);
     let mut seen_stopped = false;

@@ -52,7 +52,13 @@ impl Server {
         let addr = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_gpve-server"))
-            .args(["run", "--login-failure-delay-ms", "0"])
+            .args([
+                "run",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--login-failure-delay-ms",
+                "0",
+            ])
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen")

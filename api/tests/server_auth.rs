@@ -228,7 +228,8 @@ async fn tokens_create_use_delete_and_hashed() {
     assert!(!raw.contains(&secret));
     assert!(raw.contains("sha256:"));
 
-    // A privilege-separated token has no ACLs yet: 403.
+    // A privilege-separated token has no ACLs yet: 403 (on a route that needs a privilege;
+    // `/nodes` is open to every user, as in Proxmox).
     let (_, body) = send(auth(
         s.client.post(s.url("/access/users/root@pam/token/sep")),
     ))
@@ -236,7 +237,7 @@ async fn tokens_create_use_delete_and_hashed() {
     let sep = body["data"]["value"].as_str().unwrap().to_string();
     let (code, body) = send(
         s.client
-            .get(s.url("/nodes"))
+            .get(s.url(&format!("/nodes/{NODE}/status")))
             .header("Authorization", format!("PVEAPIToken=root@pam!sep={sep}")),
     )
     .await;
@@ -277,6 +278,16 @@ async fn users_crud_and_privileges() {
         r.header("Cookie", cookie(&ticket))
             .header("CSRFPreventionToken", &csrf)
     };
+    // Groups must exist before users join them.
+    for g in ["ops", "dev", "qa"] {
+        let (code, body) = send(auth(
+            s.client
+                .post(s.url("/access/groups"))
+                .form(&[("groupid", g)]),
+        ))
+        .await;
+        assert_eq!(code, 200, "{body}");
+    }
     let (code, _) = send(auth(s.client.post(s.url("/access/users")).json(&json!({
         "userid": "alice@pve", "password": "alicepw1", "email": "alice@example.com",
         "groups": "ops,dev", "enable": true, "comment": "ünïcödé"
@@ -328,14 +339,31 @@ async fn users_crud_and_privileges() {
     assert_eq!(code, 200);
     for path in [
         "/access/users/root@pam",
-        "/access/users",
-        "/nodes",
-        "/cluster/resources",
+        "/nodes/n1/status",
+        "/access/users/root@pam/token",
     ] {
         let (code, body) = send(s.client.get(s.url(path)).header("Cookie", cookie(&aticket))).await;
         assert_eq!(code, 403, "{path}");
         assert_eq!(body["message"], "Permission check failed\n");
     }
+    // `user: all` listings answer with what she may see: herself, no resources.
+    let (code, body) = send(
+        s.client
+            .get(s.url("/access/users"))
+            .header("Cookie", cookie(&aticket)),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["userid"], "alice@pve");
+    let (code, body) = send(
+        s.client
+            .get(s.url("/cluster/resources"))
+            .header("Cookie", cookie(&aticket)),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["data"], json!([]), "{body}");
     let (code, _) = send(
         s.client
             .put(s.url("/access/users/alice@pve"))
@@ -626,8 +654,13 @@ async fn nodes_and_resources() {
     assert_eq!(vms[2]["template"], 1);
     let (_, body) = send(get("/cluster/resources?type=node")).await;
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    let (_, body) = send(get("/cluster/resources?type=storage")).await;
+    let storages = body["data"].as_array().unwrap();
+    assert_eq!(storages.len(), 1, "the default `local` storage");
+    assert_eq!(storages[0]["id"], format!("storage/{NODE}/local"));
+    // Three VMs, the node and its storage.
     let (_, body) = send(get("/cluster/resources")).await;
-    assert_eq!(body["data"].as_array().unwrap().len(), 4);
+    assert_eq!(body["data"].as_array().unwrap().len(), 5);
     let (_, body) = send(get("/cluster/nextid")).await;
     assert_eq!(body["data"], "102");
     let (code, body) = send(get("/cluster/nextid?vmid=101")).await;

@@ -72,7 +72,14 @@ async fn init_refuses_existing_dir_and_run_needs_init() {
 
     let empty = dir.path().join("empty");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpve-server"))
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "run",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&empty)
         .output()
         .unwrap();

@@ -227,8 +227,30 @@ async fn garbage_everywhere_no_5xx_no_writes() {
     )
     .await;
     assert_eq!(code, 200);
-    let after = snapshot(&s.running().state.store).await;
+    // The audit log records every refused write; nothing else may change, and every
+    // record it gained is a refusal.
+    let audit = Key::prefix(&("audit",));
+    let (before, _) = split_audit(before, &audit);
+    let (after, audit_records) = split_audit(snapshot(&s.running().state.store).await, &audit);
     assert_eq!(before.len(), after.len(), "store keys changed");
     assert!(before == after, "store contents changed");
+    assert!(!audit_records.is_empty(), "refused writes are audited");
+    let head = Key::pack(&("audit", "head"));
+    for (key, value) in audit_records.iter().filter(|(k, _)| *k != head) {
+        let rec: serde_json::Value = serde_json::from_slice(value).expect("audit record");
+        let status = rec["status"].as_u64();
+        assert!(
+            status.is_some_and(|c| (400..500).contains(&c) || c == 501),
+            "audit record {key:?} is not a refusal: {rec}"
+        );
+    }
     s.stop().await;
+}
+
+/// Entries outside and inside the audit log's key space.
+type Entries = Vec<(Key, Vec<u8>)>;
+fn split_audit(entries: Entries, audit: &Key) -> (Entries, Entries) {
+    entries
+        .into_iter()
+        .partition(|(k, _)| !k.as_bytes().starts_with(audit.as_bytes()))
 }

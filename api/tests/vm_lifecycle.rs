@@ -60,7 +60,7 @@ async fn vm_lifecycle_with_real_qemu() {
                 ("cores", "1"),
                 ("kvm", "0"),
                 ("scsi0", "local:1,format=qcow2"),
-                ("net0", "virtio,bridge=vmbr0"),
+                ("net0", "virtio"),
                 ("serial0", "socket"),
                 ("args", &args),
             ],

@@ -53,6 +53,8 @@ pub enum VmError {
     Protected { vmid: u32 },
     #[error("the VM actor is not available: {0}")]
     Unavailable(String),
+    #[error("the NICs of VM {vmid} could not be plugged: {message}")]
+    Network { vmid: u32, message: String },
 }
 
 impl VmError {
@@ -120,6 +122,21 @@ pub enum VmOp {
         name: Option<String>,
         /// Target storage for every disk; the source disk's storage when `None`.
         storage: Option<String>,
+        /// Linked clones (templates only) instead of full copies; see [`super::disks`].
+        linked: bool,
+    },
+    /// Grow disk `disk` by (`+1G`) or to (`10G`) `size` (see [`super::disks`]).
+    Resize {
+        disk: String,
+        size: String,
+    },
+    /// Copy disk `disk` to `storage` and switch to it; the old volume becomes `unusedN`
+    /// unless `delete`. Stopped VMs only (see [`super::disks`]).
+    MoveDisk {
+        disk: String,
+        storage: String,
+        format: Option<VolumeFormat>,
+        delete: bool,
     },
 }
 
@@ -148,6 +165,8 @@ impl VmOp {
             | VmOp::SnapshotRollback { .. } => Command::Snapshot,
             VmOp::Template => Command::Template,
             VmOp::Clone { .. } => Command::Clone,
+            // Any phase: the disk work decides (and names) what a running VM cannot do.
+            VmOp::Resize { .. } | VmOp::MoveDisk { .. } => Command::UpdateConfig,
         }
     }
 }
@@ -253,6 +272,7 @@ impl Actor for VmActor {
             None => (Phase::Deleted, Desired::Stopped, false),
         };
         myself.cast(VmMsg::Reconcile)?;
+        self.stats.set_owned("vmid", vmid);
         Ok(VmActorState {
             sm: VmState {
                 vmid,
@@ -273,9 +293,26 @@ impl Actor for VmActor {
         st: &mut VmActorState,
     ) -> Result<(), ActorProcessingErr> {
         self.stats.record_handled();
+        let result = self.dispatch(&myself, msg, st).await;
+        // The console shows which QEMU this actor owns; any message may start or lose it.
+        match st.process.as_ref() {
+            Some(p) => self.stats.set_owned("qemu_pid", p.handle().pid),
+            None => self.stats.clear_owned("qemu_pid"),
+        }
+        result
+    }
+}
+
+impl VmActor {
+    async fn dispatch(
+        &self,
+        myself: &ActorRef<VmMsg>,
+        msg: VmMsg,
+        st: &mut VmActorState,
+    ) -> Result<(), ActorProcessingErr> {
         let span = st.span.clone();
         match msg {
-            VmMsg::Reconcile => self.reconcile(&myself, st).instrument(span).await,
+            VmMsg::Reconcile => self.reconcile(myself, st).instrument(span).await,
             VmMsg::Exited { pid, exit } => {
                 let current = st.process.as_ref().map(|p| p.handle().pid);
                 if current != Some(pid) {
@@ -305,12 +342,25 @@ impl Actor for VmActor {
                 Ok(())
             }
             VmMsg::Op(op, reply) => {
-                let result = self.op(&myself, st, op).instrument(span).await;
+                let result = self.op(myself, st, op).instrument(span).await;
                 // The caller may have given up waiting; the operation still happened.
                 let _ = reply.send(result);
                 Ok(())
             }
         }
+    }
+}
+
+/// NIC configuration problems are the caller's (400 on `netN`); the rest are the host's.
+fn nic_error(vmid: u32) -> impl Fn(crate::network::NicsError) -> VmError {
+    move |e| match e {
+        crate::network::NicsError::Config { key, reason } => {
+            VmError::Config(ConfigErrors::one(&key, reason))
+        }
+        other => VmError::Network {
+            vmid,
+            message: other.to_string(),
+        },
     }
 }
 
@@ -569,14 +619,23 @@ impl VmActor {
             .await?
             .ok_or(VmError::NotFound(vmid))?;
         let paths = self.volume_paths(&entry.config).await?;
-        let spec = config::to_qemu_spec(vmid, &entry.config, &paths)?;
-        let run_dir = self.host.run_dir(vmid);
-        let p = self
-            .host
-            .hypervisor
-            .start(&spec, &run_dir)
+        let mut spec = config::to_qemu_spec(vmid, &entry.config, &paths)?;
+        // Taps exist, plugged and firewalled, before QEMU opens them.
+        let plugs = crate::network::nic_plugs(&entry.config).map_err(nic_error(vmid))?;
+        crate::network::nics::attach_taps(&mut spec, &plugs).map_err(nic_error(vmid))?;
+        self.host
+            .network
+            .plug(vmid, &plugs)
             .await
-            .map_err(|e| VmError::hv(vmid, e))?;
+            .map_err(nic_error(vmid))?;
+        let run_dir = self.host.run_dir(vmid);
+        let p = match self.host.hypervisor.start(&spec, &run_dir).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.host.network.unplug(vmid).await;
+                return Err(VmError::hv(vmid, e));
+            }
+        };
         let p: Arc<dyn VmProcess> = Arc::from(p);
         tracing::info!(pid = p.handle().pid, "QEMU started");
         st.watcher = Some(watch_exit(&p, myself.clone()));
@@ -592,6 +651,11 @@ impl VmActor {
                 .map_err(|e| VmError::hv(vmid, e))?;
         }
         st.drop_process();
+        self.host
+            .network
+            .unplug(vmid)
+            .await
+            .map_err(nic_error(vmid))?;
         update_entry(&self.host.store, vmid, set_stopped).await?;
         Ok(())
     }
@@ -648,6 +712,7 @@ impl VmActor {
         if config::flag(&entry.config, "protection", false) {
             return Err(VmError::Protected { vmid });
         }
+        super::disks::refuse_if_linked_base(&self.host.store, vmid).await?;
         let mut volumes = config::owned_volumes(&entry.with_pending());
         volumes.extend(config::owned_volumes(&entry.config));
         for snap in entry.snapshots.values() {
@@ -670,6 +735,7 @@ impl VmActor {
             remove_volume(&self.host, vmid, &volid).await?;
         }
         self.host.store.delete(&super::vm_key(vmid)).await?;
+        super::disks::forget_linked_base(&self.host.store, vmid).await?;
         let run_dir = self.host.run_dir(vmid);
         if let Err(e) = std::fs::remove_dir_all(&run_dir)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -699,8 +765,23 @@ impl VmActor {
                 newid,
                 name,
                 storage,
+                linked,
             } => {
-                self.clone_into(vmid, *newid, name.clone(), storage.clone())
+                self.clone_into(vmid, *newid, name.clone(), storage.clone(), *linked)
+                    .await
+            }
+            VmOp::Resize { disk, size } => {
+                self.resize_disk(vmid, st.sm.phase != Phase::Stopped, disk, size)
+                    .await
+            }
+            VmOp::MoveDisk {
+                disk,
+                storage,
+                format,
+                delete,
+            } => {
+                let running = st.sm.phase != Phase::Stopped;
+                self.move_disk(vmid, running, disk, storage, *format, *delete)
                     .await
             }
             VmOp::Template => {
@@ -814,110 +895,6 @@ impl VmActor {
             "VM {vmid}: updated {} key(s); {pending} pending change(s), {pending_delete} pending deletion(s)",
             keys.len()
         ))
-    }
-
-    async fn clone_into(
-        &self,
-        vmid: u32,
-        newid: u32,
-        name: Option<String>,
-        storage: Option<String>,
-    ) -> Result<String, VmError> {
-        let entry = load_entry(&self.host.store, vmid)
-            .await?
-            .ok_or(VmError::NotFound(vmid))?;
-        let mut config = entry.config.clone();
-        let mut copied: Vec<String> = Vec::new();
-        let result = async {
-            let mut next_index: BTreeMap<String, u32> = BTreeMap::new();
-            for (key, volid) in config::drive_volumes(&entry.config) {
-                let src: VolumeId = volid
-                    .parse()
-                    .map_err(|e| ConfigErrors::one(&key, format!("{e}")))?;
-                let target_storage = storage.clone().unwrap_or_else(|| src.storage().to_string());
-                let format = src.format_from_name();
-                let index = next_index.entry(target_storage.clone()).or_insert(0);
-                let target = VolumeId::disk(&target_storage, newid, *index, format)
-                    .map_err(|e| ConfigErrors::one(&key, format!("{e}")))?;
-                *index += 1;
-                let loc = self
-                    .host
-                    .storage
-                    .volume(&src, false, |reply| VolumeMsg::Location { reply })
-                    .await?;
-                let Some(src_path) = loc.host_path().map(PathBuf::from) else {
-                    return Err(
-                        ConfigErrors::one(&key, "network volumes cannot be cloned yet").into(),
-                    );
-                };
-                let tmp = self.host.storage.upload_target(&target).await?;
-                let fmt = format.map(|f| f.as_str()).unwrap_or("raw");
-                let out = tokio::process::Command::new("qemu-img")
-                    .args(["convert", "-q", "-O", fmt])
-                    .arg(&src_path)
-                    .arg(&tmp)
-                    .kill_on_drop(true)
-                    .output()
-                    .await;
-                let failed = match &out {
-                    Ok(o) if o.status.success() => None,
-                    Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                    Err(e) => Some(format!("cannot run qemu-img: {e}")),
-                };
-                if let Some(why) = failed {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(VmError::Storage(format!("copying {src} failed: {why}")));
-                }
-                let t = target.clone();
-                let tmp_c = tmp.clone();
-                self.host
-                    .storage
-                    .volume(&t, true, |reply| VolumeMsg::Publish { tmp: tmp_c, reply })
-                    .await?;
-                copied.push(target.to_string());
-                let drive = config::parse_drive(&entry.config[&key])
-                    .map_err(|e| ConfigErrors::one(&key, e))?;
-                config.insert(key.clone(), drive.render(&target.to_string()));
-            }
-            // Unused disks stay with the source; NICs get new addresses.
-            config.retain(|k, _| !matches!(config::key_kind(k), Some(config::KeyKind::Unused(_))));
-            let seed = now_s() as u64;
-            for (k, v) in config.clone() {
-                if let Some(config::KeyKind::Net(_)) = config::key_kind(&k)
-                    && let Ok(mut net) = config::parse_net(&v)
-                {
-                    net.mac = None;
-                    let fresh = config::parse_value(&k, &net.render(), newid, seed)
-                        .map_err(|e| ConfigErrors::one(&k, e))?;
-                    config.insert(k, fresh);
-                }
-            }
-            config.remove("template");
-            config.remove("protection");
-            if let Some(n) = &name {
-                config.insert("name".into(), n.clone());
-            }
-            let cfg = config.clone();
-            update_entry(&self.host.store, newid, move |e| {
-                e.config = cfg.clone();
-                e.lock = None;
-            })
-            .await?
-            .ok_or(VmError::NotFound(newid))?;
-            Ok::<(), VmError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(format!(
-                "VM {vmid} cloned to VM {newid} ({} disk(s) copied)",
-                copied.len()
-            )),
-            Err(e) => {
-                super::ops::remove_volumes(&self.host, newid, &copied).await;
-                let _ = self.host.store.delete(&super::vm_key(newid)).await;
-                Err(e)
-            }
-        }
     }
 
     async fn snapshot_create(

@@ -13,6 +13,7 @@
 
 pub mod actor;
 pub mod config;
+pub mod disks;
 pub mod ops;
 pub mod state;
 #[cfg(test)]
@@ -270,6 +271,8 @@ pub struct VmHost {
     /// Directory path of the VM supervisor (`gpve-server/qemu`).
     pub supervisor_path: String,
     pub timing: VmTiming,
+    /// The host side of VM NICs (taps plugged into bridges, firewall refreshed).
+    pub network: Arc<dyn crate::network::NicPlumbing>,
 }
 
 impl std::fmt::Debug for VmHost {
@@ -293,6 +296,14 @@ impl VmHost {
         let run_root = std::env::var_os(RUN_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+        // The network actor is the VM supervisor's sibling under the same root.
+        let root = supervisor_path
+            .rsplit_once('/')
+            .map_or(supervisor_path.as_str(), |(root, _)| root);
+        let network = crate::network::HostNics::new(
+            storage.directory.clone(),
+            crate::network::actor_path(root),
+        );
         VmHost {
             node: node.to_string(),
             store,
@@ -302,6 +313,7 @@ impl VmHost {
             storage,
             supervisor_path,
             timing: VmTiming::default(),
+            network: Arc::new(network),
         }
     }
 

@@ -42,6 +42,7 @@ fn host(store: &Store, directory: &Directory, sim: &SimHost, run_root: &std::pat
             powerdown_repress_ms: 200,
             shutdown_timeout_ms: 5_000,
         },
+        network: Arc::new(crate::network::MemNics::new()),
     }
 }
 

@@ -19,7 +19,7 @@ const EVENT_STREAM_MAX_S: u64 = 24 * 3600;
 impl Client {
     /// `https://host:port/` followed by `segments`, each percent-encoded (an actor path
     /// travels as one segment, `/` as `%2F`).
-    fn url_at(&self, segments: &[&str]) -> Url {
+    pub(super) fn url_at(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.server.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);

@@ -23,6 +23,10 @@
 //! (`Authorization: PVEAPIToken=USER@REALM!ID=SECRET`).
 
 mod actors;
+pub mod audit;
+pub mod manifest;
+pub mod network;
+pub mod nodes;
 pub mod storage;
 mod tls;
 mod types;

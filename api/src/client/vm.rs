@@ -203,16 +203,19 @@ impl Client {
         .await
     }
 
-    /// `POST .../clone` (full copy); returns the UPID.
+    /// `POST .../clone`; returns the UPID. `full = false` asks for a linked clone, which
+    /// the server allows from templates only.
     pub async fn clone_vm(
         &self,
         node: &str,
         vmid: u32,
         newid: Option<u32>,
         name: Option<&str>,
+        full: bool,
     ) -> Result<String, ClientError> {
         let id = vmid.to_string();
-        let mut params = vec![("full".to_owned(), "1".to_owned())];
+        let full = if full { "1" } else { "0" };
+        let mut params = vec![("full".to_owned(), full.to_owned())];
         if let Some(n) = newid {
             params.push(("newid".to_owned(), n.to_string()));
         }
@@ -221,5 +224,52 @@ impl Client {
         }
         self.send_at(Method::POST, &["nodes", node, "qemu", &id, "clone"], params)
             .await
+    }
+
+    /// `PUT .../resize`: grow `disk` by (`+1G`) or to (`10G`) `size`; returns the UPID.
+    pub async fn resize_disk(
+        &self,
+        node: &str,
+        vmid: u32,
+        disk: &str,
+        size: &str,
+    ) -> Result<String, ClientError> {
+        let id = vmid.to_string();
+        let params = vec![
+            ("disk".to_owned(), disk.to_owned()),
+            ("size".to_owned(), size.to_owned()),
+        ];
+        self.send_at(Method::PUT, &["nodes", node, "qemu", &id, "resize"], params)
+            .await
+    }
+
+    /// `POST .../move_disk`: copy `disk` to `storage` (optionally converting to `format`)
+    /// and keep the old volume as `unusedN` unless `delete`; returns the UPID.
+    pub async fn move_disk(
+        &self,
+        node: &str,
+        vmid: u32,
+        disk: &str,
+        storage: &str,
+        format: Option<&str>,
+        delete: bool,
+    ) -> Result<String, ClientError> {
+        let id = vmid.to_string();
+        let mut params = vec![
+            ("disk".to_owned(), disk.to_owned()),
+            ("storage".to_owned(), storage.to_owned()),
+        ];
+        if let Some(f) = format {
+            params.push(("format".to_owned(), f.to_owned()));
+        }
+        if delete {
+            params.push(("delete".to_owned(), "1".to_owned()));
+        }
+        self.send_at(
+            Method::POST,
+            &["nodes", node, "qemu", &id, "move_disk"],
+            params,
+        )
+        .await
     }
 }

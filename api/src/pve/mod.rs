@@ -3,23 +3,25 @@
 pub mod access;
 pub mod cluster;
 pub mod nodes;
+pub mod pools;
 pub mod storage;
 pub mod version;
 
-use axum::Router;
-
-use crate::router::{endpoint, not_implemented};
-use crate::state::AppState;
+use crate::router::{Routes, endpoint, not_implemented};
 
 /// Every route of `/api2/json`, relative to that prefix.
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::new()
         .route("/version", endpoint(&version::GET, version::get))
         .route("/nodes", endpoint(&nodes::GET, nodes::list))
         .route("/nodes/{node}", endpoint(&nodes::INDEX, nodes::index))
         .route(
             "/nodes/{node}/status",
             endpoint(&nodes::status::GET, nodes::status::get),
+        )
+        .route(
+            "/nodes/{node}/rrddata",
+            endpoint(&nodes::rrddata::GET, nodes::rrddata::get),
         )
         .route(
             "/nodes/{node}/tasks",
@@ -81,9 +83,14 @@ pub fn router() -> Router<AppState> {
                 .merge(endpoint(&access::tokens::UPDATE, access::tokens::update))
                 .merge(endpoint(&access::tokens::DELETE, access::tokens::delete)),
         )
+        .merge(access::router())
+        .merge(pools::router())
         .merge(storage::router())
         .merge(nodes::storage::router())
         .merge(nodes::qemu::router())
+        .merge(nodes::network::router())
+        .merge(nodes::firewall::router())
+        .merge(cluster::firewall::router())
         .method_not_allowed_fallback(not_implemented)
 }
 

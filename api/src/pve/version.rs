@@ -13,7 +13,7 @@ pub const PVE_RELEASE: &str = "9.1";
 pub const GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::User,
     description: "API version details.",
 };
 

@@ -40,7 +40,8 @@ pub async fn authorize(
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ctx);
                     Ok(Reply::Data(Value::Null))
                 }
-            }),
+            })
+            .into_method_router(),
         )
         .with_state(state.clone());
     let uri: Uri = match parts.uri.query() {
@@ -53,6 +54,21 @@ pub async fn authorize(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();
+    // The audit record names the real path and peer, not the probe's.
+    if let Some(ci) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        req.extensions_mut().insert(*ci);
+    }
+    req.extensions_mut()
+        .insert(axum::extract::OriginalUri(match parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+        {
+            Some(u) => u.0.clone(),
+            None => parts.uri.clone(),
+        }));
     // Nothing was read from the body: do not let the pipeline wait for one.
     req.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
     req.headers_mut().remove(axum::http::header::CONTENT_TYPE);

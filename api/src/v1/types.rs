@@ -27,6 +27,9 @@ pub struct ActorView {
     /// When the current (or last) incarnation started, in Unix milliseconds.
     pub started_at_ms: Option<u64>,
     pub last_failure: Option<RestartRecord>,
+    /// Resources the actor owns, as it published them (`vmid`, `qemu_pid`).
+    #[serde(default)]
+    pub owns: std::collections::BTreeMap<String, String>,
 }
 
 /// A subtree of the supervision tree.

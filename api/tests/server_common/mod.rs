@@ -148,7 +148,7 @@ impl BinServer {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_gpve-server"))
-            .args(["run", "--data-dir"])
+            .args(["run", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args([
                 "--listen",

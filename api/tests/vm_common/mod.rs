@@ -108,7 +108,7 @@ impl Server {
     pub async fn start(env: &Env) -> Server {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_gpve-server"))
-            .args(["run", "--data-dir"])
+            .args(["run", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
             .arg(env.data())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--login-failure-delay-ms", "50"])

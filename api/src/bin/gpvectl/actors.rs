@@ -147,6 +147,18 @@ pub fn describe_text(d: &ActorDetail) -> String {
     field("Restarts:", a.restarts.to_string());
     field("Uptime:", output::duration(a.uptime_s));
     field(
+        "Owns:",
+        if a.owns.is_empty() {
+            output::dash()
+        } else {
+            a.owns
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    );
+    field(
         "Last failure:",
         a.last_failure
             .as_ref()

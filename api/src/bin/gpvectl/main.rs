@@ -1,8 +1,12 @@
 //! `gpvectl`: kubectl-like command line for a gpve (Proxmox VE compatible) server.
 
+mod access;
 mod actors;
+mod apply;
 mod config;
 mod console;
+mod network;
+mod node;
 mod output;
 mod prompt;
 mod storage;
@@ -39,6 +43,9 @@ Examples:
   gpvectl get tasks --node pve1 --limit 20
   gpvectl get resources --type vm -o json
   gpvectl version -o yaml
+
+  # Declare VMs in a file and make them so (again: 'unchanged')
+  gpvectl apply -f vms.yaml
 
 Trust: gpvectl never trusts a server silently. It verifies the server against the
 SHA-256 certificate fingerprint pinned at login (like Proxmox and ssh), or against a
@@ -104,10 +111,58 @@ same server is used; if there is none, gpvectl shows what the server presents an
         #[command(subcommand)]
         what: storage::VolumeCommand,
     },
+    /// Cluster nodes: list (with liveness), cordon, uncordon.
+    Node {
+        #[command(subcommand)]
+        what: node::NodeCommand,
+    },
+    /// Bridges of a node: list, create, delete, apply, revert.
+    Network {
+        #[command(subcommand)]
+        what: network::NetworkCommand,
+    },
+    /// Firewall: rules list|add|delete (cluster or --vm), enable, disable.
+    Firewall {
+        #[command(subcommand)]
+        what: network::FirewallCommand,
+    },
+    /// Create or update VMs from gpve.io/v1 VirtualMachine manifests (YAML or JSON).
+    #[command(after_help = apply::EXAMPLES)]
+    Apply(apply::ApplyArgs),
     /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot.
     Vm {
         #[command(subcommand)]
         what: vm::VmCommand,
+    },
+    /// Users: list, create, delete (see `gpvectl acl --help` for how access works).
+    #[command(after_help = access::ACCESS_HELP)]
+    User {
+        #[command(subcommand)]
+        what: access::UserCommand,
+    },
+    /// Groups of users: list, create, delete.
+    #[command(after_help = access::ACCESS_HELP)]
+    Group {
+        #[command(subcommand)]
+        what: access::GroupCommand,
+    },
+    /// Roles (sets of privileges): list, create, delete.
+    #[command(after_help = access::ACCESS_HELP)]
+    Role {
+        #[command(subcommand)]
+        what: access::RoleCommand,
+    },
+    /// Access control: grant or remove a role on a path for a user, group or token.
+    #[command(after_help = access::ACCESS_HELP)]
+    Acl {
+        #[command(subcommand)]
+        what: access::AclCommand,
+    },
+    /// The tamper-evident audit log: list records, verify the hash chain.
+    #[command(after_help = access::ACCESS_HELP)]
+    Audit {
+        #[command(subcommand)]
+        what: access::AuditCommand,
     },
     /// Live terminal view of the supervision trees and their events (q quits).
     #[command(
@@ -266,6 +321,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }
+        Command::Apply(args) => {
+            let session = Session::open(&config_path).await?;
+            let result = apply::run(&session.client, args, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
         Command::Vm { what } => {
             let session = Session::open(&config_path).await?;
             let result = vm::run(&session.client, what, cli.output).await;
@@ -278,9 +339,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }
+        Command::Node { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = node::run(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Network { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = network::run_network(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Firewall { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = network::run_firewall(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
         Command::Actors { what } => {
             let session = Session::open(&config_path).await?;
             let result = actors::run(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::User { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = access::run_user(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Group { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = access::run_group(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Role { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = access::run_role(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Acl { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = access::run_acl(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Audit { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = access::run_audit(&session.client, what, cli.output).await;
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }

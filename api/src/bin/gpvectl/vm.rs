@@ -1,4 +1,5 @@
-//! `gpvectl vm list|get|create|start|stop|shutdown|reboot|suspend|resume|delete|clone|snapshot`:
+//! `gpvectl vm list|get|create|start|stop|shutdown|reboot|suspend|resume|delete|clone|snapshot|
+//! resize|move-disk`:
 //! VMs through the Proxmox API, waiting on each task and printing its log as it runs.
 
 use std::time::Duration;
@@ -26,15 +27,25 @@ pub enum VmCommand {
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
     },
-    /// One VM's status and configuration (by VMID or name).
+    /// One VM's status and configuration (by VMID or name); with -o yaml or -o json, the
+    /// VM's gpve.io/v1 manifest when it is in the namespace (see `gpvectl apply`).
+    #[command(after_help = "Examples:
+  gpvectl vm get web1
+  gpvectl vm get web1 -o yaml > web1.yaml   # edit, then: gpvectl apply -f web1.yaml
+  gpvectl vm get web1 -n staging -o json")]
     Get {
         vm: String,
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
+        /// Namespace of the manifest (-o yaml/json).
+        #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+        namespace: String,
     },
     /// Create a VM (and optionally start it).
     #[command(after_help = "Examples:
   gpvectl vm create web1 --cpu 2 --memory 1Gi --disk size=4Gi,storage=local
+  gpvectl vm create web2 --memory 2Gi --disk size=8Gi,storage=local \\
+      --network bridge=vmbr0,firewall=1 --network bridge=vmbr1,model=e1000
   gpvectl vm create t1 --memory 128Mi --tcg --kernel /boot/vmlinuz --initrd /boot/initrd.img \\
       --append 'console=ttyS0' --start")]
     Create {
@@ -52,6 +63,10 @@ pub enum VmCommand {
         /// A NIC on a bridge (net0, net1, ... in order).
         #[arg(long, value_name = "BRIDGE")]
         bridge: Vec<String>,
+        /// A NIC: bridge=BRIDGE[,model=virtio|e1000][,firewall=0|1]; repeat for more
+        /// (after the --bridge ones).
+        #[arg(long, value_name = "SPEC")]
+        network: Vec<String>,
         /// Use this VMID instead of the next free one.
         #[arg(long)]
         vmid: Option<u32>,
@@ -119,16 +134,58 @@ pub enum VmCommand {
         #[arg(long)]
         purge: bool,
     },
-    /// Full copy of a stopped VM or template into a new VM.
+    /// Copy a stopped VM or template into a new VM: a full copy of every disk, or with
+    /// --linked a linked clone of a template (it shares the template's unchanged data: a
+    /// qcow2 overlay on dir storage, a btrfs snapshot on btrfs; made in well under a
+    /// second whatever the disk size). A template with linked clones cannot be deleted.
     #[command(after_help = "Examples:
-  gpvectl vm clone web1 web2
-  gpvectl vm clone 9000 web3 --newid 120")]
+  gpvectl vm clone web1 web2                  # full copy
+  gpvectl vm clone 9000 web3 --newid 120      # full copy with a chosen VMID
+  gpvectl vm clone debian-tpl web4 --linked   # linked clone of a template")]
     Clone {
         vm: String,
         /// Name of the new VM.
         name: String,
         #[arg(long)]
         newid: Option<u32>,
+        /// Linked clone (the source must be a template; see `gpvectl vm template`).
+        #[arg(long)]
+        linked: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Grow a disk. SIZE is +SIZE to grow by, or SIZE to grow to (K, M, G or T; a bare
+    /// number is bytes). Disks only grow: shrinking is refused with the current size.
+    /// The VM must be stopped for now; afterwards grow the partition inside the guest.
+    #[command(after_help = "Examples:
+  gpvectl vm resize web1 scsi0 +2G    # 2 GiB more
+  gpvectl vm resize web1 scsi0 20G    # to 20 GiB")]
+    Resize {
+        vm: String,
+        /// The disk key, as `gpvectl vm get` shows it (scsi0, virtio1, ...).
+        disk: String,
+        size: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Copy a disk of a stopped VM to another storage and switch the VM to the copy. The
+    /// old volume stays as unusedN (reattach or delete it later) unless --delete. The
+    /// format follows the source where the target storage holds it (btrfs holds raw).
+    #[command(after_help = "Examples:
+  gpvectl vm move-disk web1 scsi0 fast-btrfs
+  gpvectl vm move-disk web1 scsi0 local --format qcow2 --delete")]
+    MoveDisk {
+        vm: String,
+        /// The disk key (scsi0, virtio1, ...).
+        disk: String,
+        /// Target storage id (see `gpvectl storage list`).
+        storage: String,
+        /// Target format: raw or qcow2.
+        #[arg(long)]
+        format: Option<String>,
+        /// Delete the old volume after the copy instead of keeping it as unusedN.
+        #[arg(long)]
+        delete: bool,
         #[arg(long)]
         node: Option<String>,
     },
@@ -199,7 +256,37 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<(String, String)> {
     Ok((bus, value))
 }
 
-async fn node_or_first(client: &Client, node: Option<String>) -> anyhow::Result<String> {
+/// `bridge=vmbr0[,model=virtio][,firewall=1]` → `virtio,bridge=vmbr0,firewall=1`.
+pub fn parse_network(spec: &str) -> anyhow::Result<String> {
+    let mut bridge = None;
+    let mut model = "virtio".to_string();
+    let mut firewall = false;
+    for part in spec.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("'{part}' in --network is not key=value"))?;
+        match k {
+            "bridge" => bridge = Some(v.to_string()),
+            "model" => model = v.to_string(),
+            "firewall" => {
+                firewall = match v {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => bail!("--network firewall is 0 or 1, not '{v}'"),
+                }
+            }
+            other => bail!("unknown --network key '{other}' (bridge, model, firewall)"),
+        }
+    }
+    let bridge = bridge.context("--network needs bridge=")?;
+    let mut value = format!("{model},bridge={bridge}");
+    if firewall {
+        value.push_str(",firewall=1");
+    }
+    Ok(value)
+}
+
+pub(crate) async fn node_or_first(client: &Client, node: Option<String>) -> anyhow::Result<String> {
     if let Some(n) = node {
         return Ok(n);
     }
@@ -304,7 +391,19 @@ pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Res
             let vms = client.vms(&node).await?;
             output::print(format, &vms, "VMs", || table(&vms))
         }
-        VmCommand::Get { vm, node } => {
+        VmCommand::Get {
+            vm,
+            node,
+            namespace,
+        } => {
+            if format != Format::Table {
+                match client.virtual_machine(&namespace, &vm).await {
+                    Ok(m) => return output::print(format, &m, "VMs", || table(&[])),
+                    // Not in that namespace: show the Proxmox view below.
+                    Err(e) if e.status() == Some(404) || e.status() == Some(400) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let node = node_or_first(client, node).await?;
             let vmid = resolve(client, &node, &vm).await?;
             let status = client.vm_status(&node, vmid).await?;
@@ -335,6 +434,7 @@ pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Res
             memory,
             disk,
             bridge,
+            network,
             vmid,
             node,
             tcg,
@@ -356,8 +456,13 @@ pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Res
                 params.push((format!("{bus}{n}"), value));
                 *n += 1;
             }
-            for (i, b) in bridge.iter().enumerate() {
-                params.push((format!("net{i}"), format!("virtio,bridge={b}")));
+            let nics = bridge
+                .iter()
+                .map(|b| Ok(format!("virtio,bridge={b}")))
+                .chain(network.iter().map(|n| parse_network(n)))
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            for (i, value) in nics.into_iter().enumerate() {
+                params.push((format!("net{i}"), value));
             }
             if let Some(v) = vmid {
                 params.push(("vmid".into(), v.to_string()));
@@ -428,15 +533,51 @@ pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Res
             vm,
             name,
             newid,
+            linked,
             node,
         } => {
             let node = node_or_first(client, node).await?;
             let vmid = resolve(client, &node, &vm).await?;
-            let upid = client.clone_vm(&node, vmid, newid, Some(&name)).await?;
+            let upid = client
+                .clone_vm(&node, vmid, newid, Some(&name), !linked)
+                .await?;
             eprintln!("cloning VM {vmid} to {name}: {upid}");
             follow(client, &upid).await?;
             let id = resolve(client, &node, &name).await?;
-            println!("VM {vmid} cloned to VM {id} ({name})");
+            let kind = if linked { " (linked)" } else { "" };
+            println!("VM {vmid} cloned to VM {id} ({name}){kind}");
+            Ok(())
+        }
+        VmCommand::Resize {
+            vm,
+            disk,
+            size,
+            node,
+        } => {
+            let node = node_or_first(client, node).await?;
+            let vmid = resolve(client, &node, &vm).await?;
+            let upid = client.resize_disk(&node, vmid, &disk, &size).await?;
+            eprintln!("resizing {disk} of VM {vmid}: {upid}");
+            follow(client, &upid).await?;
+            println!("VM {vmid}: {disk} resized ({size})");
+            Ok(())
+        }
+        VmCommand::MoveDisk {
+            vm,
+            disk,
+            storage,
+            format,
+            delete,
+            node,
+        } => {
+            let node = node_or_first(client, node).await?;
+            let vmid = resolve(client, &node, &vm).await?;
+            let upid = client
+                .move_disk(&node, vmid, &disk, &storage, format.as_deref(), delete)
+                .await?;
+            eprintln!("moving {disk} of VM {vmid} to {storage}: {upid}");
+            follow(client, &upid).await?;
+            println!("VM {vmid}: {disk} moved to storage {storage}");
             Ok(())
         }
         VmCommand::Snapshot {
@@ -504,5 +645,15 @@ mod tests {
         assert!(parse_disk("size=512Mi").is_err());
         assert!(parse_disk("storage=local").is_err());
         assert!(parse_disk("size=1Gi,color=red").is_err());
+        assert_eq!(
+            parse_network("bridge=vmbr0").unwrap(),
+            "virtio,bridge=vmbr0"
+        );
+        assert_eq!(
+            parse_network("bridge=vmbr1,model=e1000,firewall=1").unwrap(),
+            "e1000,bridge=vmbr1,firewall=1"
+        );
+        assert!(parse_network("model=e1000").is_err());
+        assert!(parse_network("bridge=vmbr0,vlan=3").is_err());
     }
 }

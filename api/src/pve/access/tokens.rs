@@ -34,7 +34,10 @@ fn changes(p: &Params) -> TokenChanges {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::userid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Perm("/access/groups", &["User.Modify"]),
+    ]),
     description: "Get user API tokens.",
 };
 
@@ -56,7 +59,10 @@ pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const READ: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::userid(), TOKENID]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Perm("/access/groups", &["User.Modify"]),
+    ]),
     description: "Get specific API token information.",
 };
 
@@ -80,7 +86,10 @@ pub const CREATE: Endpoint = Endpoint {
         Param::int("expire", Some(0), None).opt(),
         Param::boolean("privsep").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Perm("/access/groups", &["User.Modify"]),
+    ]),
     description: "Generate a new API token for a specific user.",
 };
 
@@ -112,7 +121,10 @@ pub const UPDATE: Endpoint = Endpoint {
         Param::boolean("privsep").opt(),
         Param::string("delete", 256, Some(Format::ConfigIdList)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Perm("/access/groups", &["User.Modify"]),
+    ]),
     description: "Update API token for a specific user.",
 };
 
@@ -134,7 +146,10 @@ pub async fn update(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const DELETE: Endpoint = Endpoint {
     method: Method::Delete,
     params: ParamSchema(&[Param::userid(), TOKENID]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Perm("/access/groups", &["User.Modify"]),
+    ]),
     description: "Remove API token for a specific user.",
 };
 

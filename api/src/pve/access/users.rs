@@ -4,6 +4,7 @@ use serde_json::{Map, Value, json};
 
 use crate::access_db::{TokenRecord, UserChanges, UserRecord};
 use crate::error::ApiError;
+use crate::rbac::db::RbacDb;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply, bool01};
 use crate::schema::{Format, Param, ParamSchema, Params};
 
@@ -37,6 +38,30 @@ fn changes(p: &Params) -> UserChanges {
     }
 }
 
+/// Realms gpve serves: `pam` holds only the built-in `root@pam`; `pve` users are stored
+/// in gpve with argon2 password hashes.
+const REALMS: &[&str] = &["pam", "pve"];
+
+/// Refuse users outside the known realms, any new `pam` user, and callers without
+/// `Realm.AllocateUser` on `/access/realm/{realm}` (Proxmox).
+async fn check_realm(ctx: &Ctx, userid: &str) -> Result<(), ApiError> {
+    let r = realm(userid);
+    if !REALMS.contains(&r) {
+        return Err(ApiError::param(
+            "userid",
+            format!("unknown realm '{r}' (pam, pve)"),
+        ));
+    }
+    if r == "pam" && userid != crate::rbac::ROOT_USER {
+        return Err(ApiError::param(
+            "userid",
+            "the pam realm holds only root@pam; create users in the pve realm",
+        ));
+    }
+    ctx.require(&format!("/access/realm/{r}"), &["Realm.AllocateUser"])
+        .await
+}
+
 fn realm(userid: &str) -> &str {
     userid.rsplit_once('@').map(|(_, r)| r).unwrap_or("")
 }
@@ -52,7 +77,7 @@ pub const LIST: Endpoint = Endpoint {
         Param::boolean("enabled").opt(),
         Param::boolean("full").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "User index.",
 };
 
@@ -61,7 +86,31 @@ pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
     let users = ctx.state.access.list_users().await?;
     let full = ctx.params.bool("full").unwrap_or(false);
     let mut out = Vec::new();
+    let me = ctx.userid()?.to_string();
+    let see_all = ctx
+        .allowed_any("/access/groups", &["User.Modify", "Sys.Audit"])
+        .await?;
     for u in users {
+        // Proxmox: yourself, and users you may modify or audit (here: on /access/groups
+        // or on one of their groups).
+        if !see_all && u.userid != me {
+            let mut visible = false;
+            for g in &u.groups {
+                if ctx
+                    .allowed_any(
+                        &format!("/access/groups/{g}"),
+                        &["User.Modify", "Sys.Audit"],
+                    )
+                    .await?
+                {
+                    visible = true;
+                    break;
+                }
+            }
+            if !visible {
+                continue;
+            }
+        }
         if let Some(enabled) = ctx.params.bool("enabled")
             && u.enable != enabled
         {
@@ -111,7 +160,7 @@ pub const CREATE: Endpoint = Endpoint {
         USER_FIELDS[6],
         USER_FIELDS[7],
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/access/groups", &["User.Modify"]),
     description: "Create new user.",
 };
 
@@ -127,9 +176,16 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
             "value must be at least 5 characters long",
         ));
     }
+    check_realm(&ctx, userid).await?;
+    let changes = changes(&ctx.params);
+    if let Some(groups) = &changes.groups {
+        RbacDb::new(ctx.state.store.clone())
+            .check_groups(groups)
+            .await?;
+    }
     ctx.state
         .access
-        .create_user(userid, password, changes(&ctx.params))
+        .create_user(userid, password, changes)
         .await?;
     tracing::info!(%userid, by = ctx.userid()?, "user created");
     Ok(Reply::Data(Value::Null))
@@ -157,7 +213,10 @@ fn user_detail(u: &UserRecord, tokens: &[TokenRecord]) -> Value {
 pub const READ: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::userid()]),
-    privilege: Privilege::AdminOrSelf,
+    privilege: Privilege::Or(&[
+        Privilege::SelfParam,
+        Privilege::Any("/access/groups", &["User.Modify", "Sys.Audit"]),
+    ]),
     description: "Get user configuration.",
 };
 
@@ -184,7 +243,7 @@ pub const UPDATE: Endpoint = Endpoint {
         USER_FIELDS[6],
         USER_FIELDS[7],
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/access/groups", &["User.Modify"]),
     description: "Update user configuration.",
 };
 
@@ -194,10 +253,13 @@ pub async fn update(ctx: Ctx) -> Result<Reply, ApiError> {
     if ctx.params.has("append") && !ctx.params.has("groups") {
         return Err(ApiError::param("append", "requires option 'groups'"));
     }
-    ctx.state
-        .access
-        .update_user(userid, changes(&ctx.params))
-        .await?;
+    let changes = changes(&ctx.params);
+    if let Some(groups) = &changes.groups {
+        RbacDb::new(ctx.state.store.clone())
+            .check_groups(groups)
+            .await?;
+    }
+    ctx.state.access.update_user(userid, changes).await?;
     Ok(Reply::Data(Value::Null))
 }
 
@@ -205,13 +267,14 @@ pub async fn update(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const DELETE: Endpoint = Endpoint {
     method: Method::Delete,
     params: ParamSchema(&[Param::userid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/access/groups", &["User.Modify"]),
     description: "Delete user.",
 };
 
 /// Delete a user and its tokens.
 pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
     let userid = ctx.str("userid")?;
+    check_realm(&ctx, userid).await?;
     ctx.state.access.delete_user(userid).await?;
     tracing::info!(%userid, by = ctx.userid()?, "user deleted");
     Ok(Reply::Data(Value::Null))

@@ -11,7 +11,7 @@ use crate::schema::{Param, ParamSchema};
 pub const GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::vmid().opt()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "Get next free VMID, or check that a given VMID is free.",
 };
 

@@ -1,9 +1,10 @@
-//! `GET /cluster/resources`: nodes and VMs in one listing.
+//! `GET /cluster/resources`: nodes, VMs and storages in one listing.
 //!
 //! Large hosts list this often (every GUI tab polls it), so the serialised answer per `type`
 //! filter is kept in memory for `resources_cache_ttl_ms` (default 1 s, the staleness
 //! Proxmox's own status cache has) and rebuilt by one request while the others wait, from
-//! one range read of the `("vms",)` subspace and one node actor query.
+//! one range read of the `("vms",)` subspace, one node actor query and one status query
+//! per storage actor of this node.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +23,7 @@ use crate::schema::{Param, ParamSchema};
 pub const GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::enumeration("type", &["vm", "storage", "node", "sdn"]).opt()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "Resources index (cluster wide).",
 };
 
@@ -109,6 +110,49 @@ pub fn vm_entry(v: &VmRecord) -> Value {
     e
 }
 
+/// A storage as `/cluster/resources` lists it (`status` is `available` while its pool is
+/// mounted, else `unknown`, as Proxmox shows a storage it cannot reach).
+pub fn storage_entry(
+    node: &str,
+    cfg: &gpve_actors::storage::StorageConfig,
+    status: Option<&gpve_actors::storage::StorageStatus>,
+) -> Value {
+    let pool = status.and_then(|s| s.pool);
+    let active = status.is_some_and(|s| s.active);
+    json!({
+        "id": format!("storage/{node}/{}", cfg.storage),
+        "type": "storage",
+        "storage": cfg.storage,
+        "node": node,
+        "status": if active { "available" } else { "unknown" },
+        "disk": pool.map_or(0, |p| p.used_bytes),
+        "maxdisk": pool.map_or(0, |p| p.total_bytes),
+        "content": gpve_actors::storage::config::content_list_string(&cfg.content),
+        "plugintype": cfg.kind.as_str(),
+        "shared": bool01(cfg.shared),
+    })
+}
+
+async fn storage_entries(ctx: &Ctx) -> Result<Vec<Value>, ApiError> {
+    // This node's storages (each node will answer for its own once the cluster lists them).
+    let node = ctx.state.config.node_name.clone();
+    let svc = crate::pve::storage::service(&ctx.state);
+    let mut out = Vec::new();
+    for cfg in gpve_actors::storage::config::list(&ctx.state.store).await? {
+        if !cfg.available_on(&node) {
+            continue;
+        }
+        // A disabled or restarting storage is listed with status `unknown`, not an error.
+        let status = if cfg.disable {
+            None
+        } else {
+            svc.status(&cfg.storage).await.ok()
+        };
+        out.push(storage_entry(&node, &cfg, status.as_ref()));
+    }
+    Ok(out)
+}
+
 async fn build(ctx: &Ctx, filter: Option<&str>) -> Result<Bytes, ApiError> {
     let mut items = Vec::new();
     if matches!(filter, None | Some("node")) {
@@ -119,7 +163,10 @@ async fn build(ctx: &Ctx, filter: Option<&str>) -> Result<Bytes, ApiError> {
         let vms = list_vms(&ctx.state.store).await?;
         items.extend(vms.iter().map(vm_entry));
     }
-    // Storage and SDN resources arrive with their issues.
+    if matches!(filter, None | Some("storage")) {
+        items.extend(storage_entries(ctx).await?);
+    }
+    // SDN resources arrive with their issue.
     let body = serde_json::to_vec(&json!({ "data": items }))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Bytes::from(body))
@@ -134,5 +181,15 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
         .resources
         .get_or_build(key, build(&ctx, filter))
         .await?;
-    Ok(Reply::Envelope(bytes))
+    if ctx.is_superuser() {
+        return Ok(Reply::Envelope(bytes));
+    }
+    // Everyone else sees only what they may audit (one ACL snapshot per request).
+    let mut env: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let items = match env["data"].take() {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    Ok(Reply::Data(Value::Array(ctx.visible(items).await?)))
 }

@@ -1,6 +1,10 @@
-//! `/nodes`: the cluster's nodes (one, the local node, in single-node mode).
+//! `/nodes`: the cluster's nodes: the server's own node and every joined agent, with the
+//! liveness their lease gives them (online, offline, unknown) and their last reported load.
 
+pub mod firewall;
+pub mod network;
 pub mod qemu;
+pub mod rrddata;
 pub mod startall;
 pub mod status;
 pub mod stopall;
@@ -10,6 +14,8 @@ pub mod tasks;
 use gpve_actors::node::{NodeMsg, NodeStatus};
 use serde_json::{Value, json};
 
+use crate::cluster::monitor::{Liveness, MonitorView, monitor_view};
+use crate::cluster::records::NodeRecord;
 use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply};
 use crate::schema::{Param, ParamSchema};
@@ -51,21 +57,114 @@ pub fn node_summary(s: &NodeStatus) -> Value {
 pub const GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "Cluster node index.",
 };
 
-/// List the nodes with their load.
+/// List the nodes with their load: the local node first, then the members by name.
 pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
     let status = node_status(&ctx.state).await?;
-    Ok(Reply::Data(json!([node_summary(&status)])))
+    let mut local = node_summary(&status);
+    local["cordoned"] = json!(0);
+    let mut nodes = vec![local];
+    let members = crate::cluster::records::list_nodes(&ctx.state.store)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    for record in members {
+        let view = monitor_view(
+            &ctx.state.node.directory,
+            &record.node,
+            ctx.state.config.actor_call_timeout_ms,
+        )
+        .await;
+        nodes.push(member_summary(&record, view.as_ref()));
+    }
+    Ok(Reply::Data(Value::Array(nodes)))
+}
+
+/// A joined node's summary; load fields only once it reported some.
+pub fn member_summary(record: &NodeRecord, view: Option<&MonitorView>) -> Value {
+    let liveness = view.map_or(Liveness::Unknown, |v| v.liveness);
+    let mut out = json!({
+        "id": format!("node/{}", record.node),
+        "type": "node",
+        "node": record.node,
+        "status": liveness.as_str(),
+        "level": "",
+        "cordoned": u8::from(record.cordoned),
+    });
+    if let Some(load) = view.and_then(|v| v.load.as_ref()) {
+        out["cpu"] = json!(load.cpu);
+        out["maxcpu"] = json!(load.maxcpu);
+        out["mem"] = json!(load.mem_bytes);
+        out["maxmem"] = json!(load.maxmem_bytes);
+        out["uptime"] = json!(load.uptime_s);
+    }
+    out
+}
+
+/// `GET /nodes/{node}/status` of a joined node, from its last heartbeat. An offline node
+/// answers 503 with the reason (Proxmox answers 595 when it cannot reach a node).
+pub async fn remote_status(state: &AppState, node: &str) -> Result<Reply, ApiError> {
+    let Some((record, stored_lease, stored_load)) =
+        crate::cluster::records::read_node(&state.store, node)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    else {
+        return Err(ApiError::NoSuchNode(node.to_string()));
+    };
+    // The monitor is the judge; while it restarts, the stored lease tells as much.
+    let view = monitor_view(
+        &state.node.directory,
+        node,
+        state.config.actor_call_timeout_ms,
+    )
+    .await
+    .unwrap_or_else(|| {
+        let online = stored_lease
+            .as_ref()
+            .is_some_and(|l| l.valid_at(crate::cluster::now_ms()));
+        MonitorView {
+            liveness: if online {
+                Liveness::Online
+            } else {
+                Liveness::Offline
+            },
+            lease: stored_lease,
+            load: stored_load,
+        }
+    });
+    let load = match (&view.lease, &view.load) {
+        (Some(_), Some(load)) if view.liveness == Liveness::Online => load,
+        (Some(lease), _) => {
+            let ago_s = (crate::cluster::now_ms() - lease.renewed_at_ms) / 1000;
+            return Err(ApiError::Unavailable(format!(
+                "node '{node}' is offline: no heartbeat for {ago_s} s"
+            )));
+        }
+        _ => {
+            return Err(ApiError::Unavailable(format!(
+                "node '{node}' has never reported (is its gpve-agent running?)"
+            )));
+        }
+    };
+    Ok(Reply::Data(json!({
+        "uptime": load.uptime_s,
+        "cpu": load.cpu,
+        "cpuinfo": {"cpus": load.maxcpu},
+        "memory": {"total": load.maxmem_bytes, "used": load.mem_bytes,
+                   "free": load.maxmem_bytes.saturating_sub(load.mem_bytes)},
+        "pveversion": load.version,
+        "cordoned": u8::from(record.cordoned),
+        "lease": view.lease,
+    })))
 }
 
 /// `GET /nodes/{node}`.
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "Node index.",
 };
 
@@ -79,5 +178,6 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
         {"name": "stopall"},
         {"name": "storage"},
         {"name": "qemu"},
+        {"name": "rrddata"},
     ])))
 }

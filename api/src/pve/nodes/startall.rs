@@ -16,7 +16,7 @@ pub const POST: Endpoint = Endpoint {
         Param::int("max-workers", Some(1), Some(64)).opt(),
         Param::string("vms", 4096, Some(Format::VmidList)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["VM.PowerMgmt"]),
     description: "Start all VMs and containers located on this node (by default only those with onboot=1).",
 };
 

@@ -10,13 +10,17 @@ use crate::schema::{Param, ParamSchema};
 pub const GET: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
     description: "Read node status.",
 };
 
 /// Ask the node actor and format its answer like Proxmox.
 pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
-    ctx.local_node()?;
+    let node = ctx.str("node")?;
+    if node != ctx.state.config.node_name {
+        // A joined node: answered from its last heartbeat.
+        return super::remote_status(&ctx.state, node).await;
+    }
     let s = super::node_status(&ctx.state).await?;
     Ok(Reply::Data(json!({
         "uptime": s.uptime_s,

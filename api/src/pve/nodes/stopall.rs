@@ -17,7 +17,7 @@ pub const POST: Endpoint = Endpoint {
         Param::int("timeout", Some(0), Some(7200)).opt(),
         Param::string("vms", 4096, Some(Format::VmidList)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["VM.PowerMgmt"]),
     description: "Stop all VMs and containers on this node.",
 };
 

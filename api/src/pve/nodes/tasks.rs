@@ -27,7 +27,7 @@ pub const LIST: Endpoint = Endpoint {
         Param::int("since", Some(0), None).opt(),
         Param::int("until", Some(0), None).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
     description: "Read task list for one node (finished tasks).",
 };
 
@@ -95,7 +95,10 @@ fn checked_upid(ctx: &Ctx) -> Result<String, ApiError> {
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), UPID]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::TaskOwner,
+        Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
+    ]),
     description: "Task index.",
 };
 
@@ -110,7 +113,10 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const STATUS: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), UPID]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::TaskOwner,
+        Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
+    ]),
     description: "Read task status.",
 };
 
@@ -144,7 +150,10 @@ pub const LOG: Endpoint = Endpoint {
         Param::int("start", Some(0), Some(i32::MAX as i64)).opt(),
         Param::int("limit", Some(0), Some(MAX_PAGE_ENTRIES)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::TaskOwner,
+        Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
+    ]),
     description: "Read task log.",
 };
 
@@ -168,7 +177,10 @@ pub async fn log(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const STOP: Endpoint = Endpoint {
     method: Method::Delete,
     params: ParamSchema(&[Param::node(), UPID]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::TaskOwner,
+        Privilege::Perm("/nodes/{node}", &["Sys.Modify"]),
+    ]),
     description: "Stop a task.",
 };
 

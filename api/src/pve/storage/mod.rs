@@ -94,7 +94,7 @@ pub fn config_json(cfg: &StorageConfig) -> Value {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::enumeration("type", STORAGE_TYPES).opt()]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any("/storage", &["Datastore.Audit", "Datastore.AllocateSpace"]),
     description: "Storage index.",
 };
 
@@ -121,7 +121,7 @@ pub const CREATE: Endpoint = Endpoint {
         Param::string("nodes", MAX_LIST_PARAM_BYTES, None).opt(),
         Param::boolean("disable").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage", &["Datastore.Allocate"]),
     description: "Create a new storage.",
 };
 
@@ -153,7 +153,7 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const READ: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[storage_param_decl()]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.Allocate"]),
     description: "Read storage configuration.",
 };
 
@@ -176,7 +176,7 @@ pub const UPDATE: Endpoint = Endpoint {
         Param::string("delete", 4096, Some(Format::ConfigIdList)).opt(),
         Param::string("digest", 64, None).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage", &["Datastore.Allocate"]),
     description: "Update storage configuration.",
 };
 
@@ -251,7 +251,7 @@ pub async fn update(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const DELETE: Endpoint = Endpoint {
     method: Method::Delete,
     params: ParamSchema(&[storage_param_decl()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage", &["Datastore.Allocate"]),
     description: "Delete storage configuration.",
 };
 
@@ -263,9 +263,9 @@ pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
 }
 
 /// The routes of `/storage`.
-pub fn router() -> axum::Router<AppState> {
+pub fn router() -> crate::router::Routes {
     use crate::router::endpoint;
-    axum::Router::new()
+    crate::router::Routes::new()
         .route(
             "/storage",
             endpoint(&LIST, list).merge(endpoint(&CREATE, create)),

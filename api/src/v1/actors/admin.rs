@@ -2,19 +2,20 @@
 //! done through its supervisor so the tree's bookkeeping (restart counts, events,
 //! intensity) stays true.
 //!
-//! - restart: a permanent child is stopped gracefully (its `post_stop` runs) and its
-//!   supervisor restarts it after the backoff; a transient child is killed, which its
-//!   supervisor treats as a failure and restarts (`post_stop` does not run on kill); a
-//!   temporary child would not come back and is refused. A requested restart counts
-//!   towards the supervisor's restart intensity like any other.
+//! - restart: the supervisor stops the child gracefully (its `post_stop` runs; killed
+//!   after the supervisor's shutdown timeout) and starts it again at once, whatever its
+//!   restart policy. The restart shows in the child's restart count and events, but it
+//!   is not a failure: it does not count towards the restart intensity, so an operator
+//!   cannot escalate a subtree by restarting it.
 //! - stop: the supervisor stops the child and forgets it (a stopped permanent child would
 //!   otherwise be restarted at once).
 //!
 //! Roots, and the `api` actor with its ancestors, cannot be stopped through the API that
-//! they serve. The call answers once the action is initiated; follow
+//! they serve. A restart answers when the new incarnation runs, except for the `api`
+//! actor and its ancestors, which answer once the restart is requested; follow
 //! `GET /api/v1/actors/events` to see it complete.
 
-use gpve_supervisor::{RestartPolicy, SupervisorHandle};
+use gpve_supervisor::{ActorState, SupervisorHandle};
 use serde_json::json;
 
 use super::path_param;
@@ -27,7 +28,7 @@ use crate::v1::types::ActorActionResult;
 pub const ACTION: Endpoint = Endpoint {
     method: Method::Post,
     params: ParamSchema(&[path_param()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["Sys.Modify"]),
     description: "Restart or stop one supervised actor.",
 };
 
@@ -40,6 +41,7 @@ fn supervisor_err(e: gpve_supervisor::SupervisorError) -> ApiError {
     use gpve_supervisor::SupervisorError as S;
     match e {
         S::UnknownChild { .. } => ApiError::NotFound(e.to_string()),
+        S::NotRunning { .. } => ApiError::Conflict(e.to_string()),
         S::Unreachable { .. } => ApiError::Unavailable(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
@@ -78,38 +80,38 @@ pub async fn action(ctx: Ctx) -> Result<Reply, ApiError> {
         .iter()
         .find(|c| c.path == path)
         .ok_or_else(|| ApiError::NotFound(format!("no actor at '{path}'")))?;
+    let api = api_path();
+    let serves_this_request = api == path || api.starts_with(&format!("{path}/"));
     let how = if verb == "restart" {
-        let cell = directory.lookup(path).ok_or_else(|| {
-            ApiError::Conflict(format!(
+        if snap.state != ActorState::Running {
+            return Err(ApiError::Conflict(format!(
                 "'{path}' is not running (it is {:?}); nothing to restart",
                 snap.state
-            ))
-        })?;
-        let reason = format!("restart requested by {user}");
-        match child.restart {
-            RestartPolicy::Permanent => {
-                // Not waited for: stopping the api actor waits for in-flight requests,
-                // this one included.
-                cell.stop(Some(reason));
-                "graceful-stop"
-            }
-            RestartPolicy::Transient => {
-                cell.kill();
-                "kill"
-            }
-            RestartPolicy::Temporary => {
-                return Err(ApiError::Conflict(format!(
-                    "'{path}' is a temporary child: its supervisor would not restart it"
-                )));
-            }
-        }
-    } else {
-        let api = api_path();
-        if api == path || api.starts_with(&format!("{path}/")) {
-            return Err(ApiError::Conflict(format!(
-                "stopping '{path}' would stop the API serving this request"
             )));
         }
+        let reason = format!("restart requested by {user}");
+        if serves_this_request {
+            // Stopping the api actor waits for in-flight requests, this one included:
+            // the restart must not be awaited here.
+            let (supervisor, id) = (supervisor.clone(), child.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = supervisor.restart_child(&id, &reason).await {
+                    tracing::error!(actor = %id, error = %e, "requested restart failed");
+                }
+            });
+            "restart-requested"
+        } else {
+            supervisor
+                .restart_child(&child.id, &reason)
+                .await
+                .map_err(supervisor_err)?;
+            "restarted"
+        }
+    } else if serves_this_request {
+        return Err(ApiError::Conflict(format!(
+            "stopping '{path}' would stop the API serving this request"
+        )));
+    } else {
         supervisor
             .remove_child(&child.id)
             .await

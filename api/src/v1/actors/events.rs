@@ -30,7 +30,7 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 pub const EVENTS: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node().opt()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["Sys.Audit"]),
     description: "Watch supervision events (newline-delimited JSON).",
 };
 

@@ -28,7 +28,7 @@ pub const fn path_param() -> Param {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node().opt()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["Sys.Audit"]),
     description: "The supervision trees of the cluster's nodes.",
 };
 
@@ -36,7 +36,7 @@ pub const LIST: Endpoint = Endpoint {
 pub const DESCRIBE: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[path_param()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/", &["Sys.Audit"]),
     description: "One supervised actor.",
 };
 
@@ -65,6 +65,7 @@ pub fn view(
         uptime_s,
         started_at_ms: a.started_at_ms,
         last_failure: a.last_failure.clone(),
+        owns: a.owns.clone(),
     }
 }
 

@@ -38,7 +38,7 @@ pub enum Row {
     /// A node heading (tree order only).
     Node { node: String, count: usize },
     /// An actor with its depth below the node.
-    Actor { depth: usize, actor: ActorView },
+    Actor { depth: usize, actor: Box<ActorView> },
 }
 
 /// Connection to the server as the console last saw it.
@@ -155,7 +155,7 @@ impl App {
                             if self.matches(a) {
                                 rows.push(Row::Actor {
                                     depth: depth + 1,
-                                    actor: a.clone(),
+                                    actor: Box::new(a.clone()),
                                 });
                             }
                         }
@@ -179,11 +179,10 @@ impl App {
                     };
                     order.then_with(|| a.path.cmp(&b.path))
                 });
-                rows.extend(
-                    actors
-                        .into_iter()
-                        .map(|actor| Row::Actor { depth: 0, actor }),
-                );
+                rows.extend(actors.into_iter().map(|actor| Row::Actor {
+                    depth: 0,
+                    actor: Box::new(actor),
+                }));
             }
         }
         rows
@@ -329,6 +328,7 @@ mod tests {
             uptime_s: Some(1),
             started_at_ms: Some(0),
             last_failure: None,
+            owns: Default::default(),
         }
     }
 

@@ -1,6 +1,8 @@
-//! `POST /nodes/{node}/qemu/{vmid}/clone`: a full copy of a stopped VM (or template) into a
-//! new VM. The new VMID is reserved up front (atomically, like create); the copy runs in
-//! the source VM's actor, so it cannot interleave with a start of the source.
+//! `POST /nodes/{node}/qemu/{vmid}/clone`: a copy of a stopped VM or template into a new VM.
+//! As in Proxmox, a template is cloned linked by default (`full=0`: qcow2 overlays on dir,
+//! btrfs snapshots on btrfs) and a normal VM only in full. The new VMID is reserved up front
+//! (atomically, like create); the copy runs in the source VM's actor, so it cannot
+//! interleave with a start of the source.
 
 use gpve_actors::vm::state::Command;
 use gpve_actors::vm::{VmOp, ops};
@@ -28,18 +30,38 @@ pub const POST: Endpoint = Endpoint {
         Param::string("snapname", 40, Some(Format::Text)).opt(),
         Param::int("bwlimit", Some(0), None).opt(),
     ]),
-    privilege: Privilege::Admin,
-    description: "Create a full copy of a virtual machine or template.",
+    privilege: Privilege::And(&[
+        Privilege::Perm("/vms/{vmid}", &["VM.Clone"]),
+        Privilege::Or(&[
+            Privilege::Perm("/vms/{newid}", &["VM.Allocate"]),
+            Privilege::Perm("/pool/{pool}", &["VM.Allocate"]),
+            // Without `newid` the VMID is allocated, as create does.
+            Privilege::Perm("/vms", &["VM.Allocate"]),
+        ]),
+    ]),
+    description: "Create a copy of virtual machine/template (linked by default for templates).",
 };
 
 pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
     let node = ctx.local_node()?.to_string();
     let src = vmid(&ctx)?;
     let e = entry(&ctx, src).await?;
-    if ctx.params.bool("full") == Some(false) {
+    let template = e.record.template;
+    // Proxmox: templates clone linked unless `full=1`; a normal VM only in full.
+    let linked = !ctx.params.bool("full").unwrap_or(!template);
+    if linked && !template {
         return Err(ApiError::param(
             "full",
-            "linked clones are not supported yet (needs a clone operation in the storage actors); use full=1",
+            format!(
+                "linked clones can only be made from templates and VM {src} is not one: \
+                 convert it with POST .../template first, or clone with full=1"
+            ),
+        ));
+    }
+    if linked && ctx.params.has("storage") {
+        return Err(ApiError::param(
+            "storage",
+            "a linked clone stays on the storage of its template; use full=1 to copy to another storage",
         ));
     }
     for (p, why) in [
@@ -95,6 +117,7 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
                 newid,
                 name,
                 storage,
+                linked,
             };
             let line = match ops::call(&host, src, op, OP_TIMEOUT_MS).await {
                 Ok(line) => line,

@@ -37,7 +37,7 @@ pub const GET: Endpoint = Endpoint {
         Param::boolean("current").opt(),
         Param::string("snapshot", 40, Some(Format::Text)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Get the virtual machine configuration with pending changes applied (current=1: the values in use).",
 };
 
@@ -72,7 +72,7 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const PENDING: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Get the virtual machine configuration with both current and pending values.",
 };
 
@@ -119,7 +119,7 @@ fn update_schema(method: Method, description: &'static str) -> Endpoint {
                 Param::boolean("force").opt(),
             ],
         ),
-        privilege: Privilege::Admin,
+        privilege: Privilege::VmConfig,
         description,
     }
 }

@@ -4,6 +4,9 @@
 
 pub mod clone;
 pub mod config;
+pub mod move_disk;
+pub mod resize;
+pub mod rrddata;
 pub mod snapshot;
 pub mod status;
 
@@ -196,18 +199,23 @@ pub fn list_item(e: &VmEntry) -> Value {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::boolean("full").opt()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::User,
     description: "Virtual machine index (per node).",
 };
 
 pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
     let node = ctx.local_node()?.to_string();
     let entries = vm::list_entries(&ctx.state.store).await?;
-    let items: Vec<Value> = entries
-        .iter()
-        .filter(|e| e.record.node == node)
-        .map(list_item)
-        .collect();
+    let mut items: Vec<Value> = Vec::new();
+    for e in entries.iter().filter(|e| e.record.node == node) {
+        // Only VMs the caller may audit (Proxmox's filter).
+        if ctx
+            .allowed(&format!("/vms/{}", e.record.vmid), &["VM.Audit"])
+            .await?
+        {
+            items.push(list_item(e));
+        }
+    }
     Ok(Reply::Data(Value::Array(items)))
 }
 
@@ -225,7 +233,11 @@ pub static CREATE: LazyLock<Endpoint> = LazyLock::new(|| Endpoint {
             Param::boolean("unique").opt(),
         ],
     ),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Or(&[
+        Privilege::Perm("/vms/{vmid}", &["VM.Allocate"]),
+        Privilege::Perm("/pool/{pool}", &["VM.Allocate"]),
+        Privilege::Perm("/vms", &["VM.Allocate"]),
+    ]),
     description: "Create a virtual machine.",
 });
 
@@ -327,7 +339,7 @@ pub async fn check_storages(ctx: &Ctx, canon: &BTreeMap<String, String>) -> Resu
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Directory index.",
 };
 
@@ -341,6 +353,8 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
         {"subdir": "snapshot"},
         {"subdir": "template"},
         {"subdir": "clone"},
+        {"subdir": "resize"},
+        {"subdir": "move_disk"},
     ])))
 }
 
@@ -354,13 +368,14 @@ pub const DELETE: Endpoint = Endpoint {
         Param::boolean("destroy-unreferenced-disks").opt(),
         Param::boolean("skiplock").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Allocate"]),
     description: "Destroy the VM and all used/owned volumes.",
 };
 
 /// Destroy the VM (it must be stopped), its disks and its actor.
 pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
     let (vmid, _) = checked_entry(&ctx, &Command::Delete).await?;
+    gpve_actors::vm::disks::refuse_if_linked_base(&ctx.state.store, vmid).await?;
     let purge = ctx.params.bool("purge").unwrap_or(false);
     let user = ctx.userid()?.to_string();
     let host = host(&ctx.state);
@@ -394,7 +409,7 @@ pub const TEMPLATE: Endpoint = Endpoint {
         Param::vmid(),
         Param::string("disk", 16, Some(Format::ConfigIdList)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Allocate"]),
     description: "Create a Template.",
 };
 
@@ -410,8 +425,8 @@ pub async fn template(ctx: Ctx) -> Result<Reply, ApiError> {
 }
 
 /// Every `/nodes/{node}/qemu` route.
-pub fn router() -> axum::Router<AppState> {
-    axum::Router::new()
+pub fn router() -> crate::router::Routes {
+    crate::router::Routes::new()
         .route(
             "/nodes/{node}/qemu",
             endpoint(&LIST, list).merge(endpoint(&CREATE, create)),
@@ -429,6 +444,10 @@ pub fn router() -> axum::Router<AppState> {
         .route(
             "/nodes/{node}/qemu/{vmid}/pending",
             endpoint(&config::PENDING, config::pending),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/rrddata",
+            endpoint(&rrddata::GET, rrddata::get),
         )
         .route(
             "/nodes/{node}/qemu/{vmid}/status",
@@ -483,6 +502,14 @@ pub fn router() -> axum::Router<AppState> {
         .route(
             "/nodes/{node}/qemu/{vmid}/clone",
             endpoint(&clone::POST, clone::post),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/resize",
+            endpoint(&resize::PUT, resize::resize).merge(endpoint(&resize::POST, resize::resize)),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/move_disk",
+            endpoint(&move_disk::POST, move_disk::post),
         )
         .route(
             "/nodes/{node}/qemu/{vmid}/template",

@@ -22,7 +22,7 @@ const fn snapname() -> Param {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "List all snapshots.",
 };
 
@@ -82,7 +82,7 @@ pub const CREATE: Endpoint = Endpoint {
         Param::string("description", 8192, Some(Format::Text)).opt(),
         Param::boolean("vmstate").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Snapshot"]),
     description: "Snapshot a VM (stopped VMs; every disk through its storage driver).",
 };
 
@@ -118,7 +118,7 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid(), snapname()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Directory index.",
 };
 
@@ -145,7 +145,7 @@ pub const DELETE: Endpoint = Endpoint {
         snapname(),
         Param::boolean("force").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Snapshot"]),
     description: "Delete a VM snapshot.",
 };
 
@@ -171,7 +171,7 @@ pub const ROLLBACK: Endpoint = Endpoint {
         snapname(),
         Param::boolean("start").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Any("/vms/{vmid}", &["VM.Snapshot", "VM.Snapshot.Rollback"]),
     description: "Rollback VM state to the specified snapshot.",
 };
 

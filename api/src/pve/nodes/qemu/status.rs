@@ -31,7 +31,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Directory index.",
 };
 
@@ -49,7 +49,7 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const CURRENT: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), Param::vmid()]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.Audit"]),
     description: "Get virtual machine status.",
 };
 
@@ -68,6 +68,23 @@ pub async fn current(ctx: Ctx) -> Result<Reply, ApiError> {
     if e.config.contains_key("serial0") {
         v["serial"] = json!(1);
     }
+    // Usage from the sampler's latest sample, the same numbers /metrics and rrddata show
+    // (counters cumulative since QEMU started, as Proxmox reports them here).
+    let pid = v["pid"].as_u64();
+    if let Some(sample) = ctx.state.metrics.usage().latest()
+        && let Some(u) = sample
+            .vms
+            .get(&vmid)
+            .filter(|u| Some(u64::from(u.pid)) == pid)
+    {
+        v["cpu"] = json!(u.cpu.unwrap_or(0.0));
+        v["mem"] = json!(u.mem_bytes);
+        v["diskread"] = json!(u.counters.diskread_bytes);
+        v["diskwrite"] = json!(u.counters.diskwrite_bytes);
+        v["netin"] = json!(u.counters.netin_bytes);
+        v["netout"] = json!(u.counters.netout_bytes);
+        v["usage-sampled-at"] = json!(sample.at_s);
+    }
     Ok(Reply::Data(v))
 }
 
@@ -81,7 +98,7 @@ macro_rules! simple_op {
                 Param::vmid(),
                 Param::boolean("skiplock").opt(),
             ]),
-            privilege: Privilege::Admin,
+            privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
             description: $desc,
         };
 
@@ -119,7 +136,7 @@ pub const START: Endpoint = Endpoint {
         Param::int("timeout", Some(0), Some(86_400)).opt(),
         Param::string("machine", 64, Some(Format::Text)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
     description: "Start virtual machine.",
 };
 
@@ -145,7 +162,7 @@ pub const STOP: Endpoint = Endpoint {
         Param::int("timeout", Some(0), Some(MAX_SHUTDOWN_TIMEOUT_S)).opt(),
         Param::boolean("overrule-shutdown").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
     description: "Stop virtual machine (like pulling the plug).",
 };
 
@@ -165,7 +182,7 @@ pub const SHUTDOWN: Endpoint = Endpoint {
         Param::boolean("forceStop").opt(),
         Param::int("timeout", Some(0), Some(MAX_SHUTDOWN_TIMEOUT_S)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
     description: "Shutdown virtual machine (ACPI power button, forced stop after 'timeout' with forceStop).",
 };
 
@@ -201,7 +218,7 @@ pub const REBOOT: Endpoint = Endpoint {
         Param::vmid(),
         Param::int("timeout", Some(0), Some(MAX_SHUTDOWN_TIMEOUT_S)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
     description: "Reboot the VM by shutting it down and starting it again; applies pending changes.",
 };
 
@@ -223,7 +240,7 @@ pub const SUSPEND: Endpoint = Endpoint {
         Param::boolean("todisk").opt(),
         Param::string("statestorage", 64, Some(Format::Text)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/vms/{vmid}", &["VM.PowerMgmt"]),
     description: "Suspend virtual machine (pause; suspend to disk is not supported).",
 };
 

@@ -138,7 +138,10 @@ pub const LIST: Endpoint = Endpoint {
         Param::enumeration("content", CONTENT_TYPES).opt(),
         Param::vmid().opt(),
     ]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any(
+        "/storage/{storage}",
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    ),
     description: "List storage content.",
 };
 
@@ -173,7 +176,7 @@ pub const CREATE: Endpoint = Endpoint {
         Param::string("size", 32, None),
         Param::enumeration("format", &["raw", "qcow2", "subvol", "vmdk"]).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.AllocateSpace"]),
     description: "Allocate disk images.",
 };
 
@@ -246,7 +249,10 @@ pub const READ: Endpoint = Endpoint {
         storage_param_decl(),
         Param::string("volume", MAX_VOLUME_PARAM_BYTES, None),
     ]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any(
+        "/storage/{storage}",
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    ),
     description: "Get volume attributes.",
 };
 
@@ -284,7 +290,7 @@ pub const UPDATE: Endpoint = Endpoint {
         Param::string("notes", MAX_NOTES_BYTES, None).opt(),
         Param::boolean("protected").opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.AllocateSpace"]),
     description: "Update volume attributes.",
 };
 
@@ -316,7 +322,7 @@ pub const DELETE: Endpoint = Endpoint {
         Param::string("volume", MAX_VOLUME_PARAM_BYTES, None),
         Param::int("delay", Some(1), Some(30)).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.Allocate"]),
     description: "Delete volume.",
 };
 

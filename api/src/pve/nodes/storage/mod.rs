@@ -57,7 +57,7 @@ pub const LIST: Endpoint = Endpoint {
         storage_param_decl().opt(),
         Param::string("target", 64, Some(crate::schema::Format::Node)).opt(),
     ]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any("/storage", &["Datastore.Audit", "Datastore.AllocateSpace"]),
     description: "Get status for all datastores.",
 };
 
@@ -100,7 +100,10 @@ pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const INDEX: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), storage_param_decl()]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any(
+        "/storage/{storage}",
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    ),
     description: "Storage index.",
 };
 
@@ -119,7 +122,10 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
 pub const STATUS: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::node(), storage_param_decl()]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any(
+        "/storage/{storage}",
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    ),
     description: "Read storage status.",
 };
 
@@ -141,9 +147,9 @@ pub async fn status(ctx: Ctx) -> Result<Reply, ApiError> {
 
 /// The routes of `/nodes/{node}/storage`. A volume id contains `/`, so `{volume}` takes
 /// the rest of the path (clients may also send it percent-encoded).
-pub fn router() -> axum::Router<crate::state::AppState> {
+pub fn router() -> crate::router::Routes {
     use crate::router::{endpoint, streaming_endpoint};
-    axum::Router::new()
+    crate::router::Routes::new()
         .route("/nodes/{node}/storage", endpoint(&LIST, list))
         .route("/nodes/{node}/storage/{storage}", endpoint(&INDEX, index))
         .route(

@@ -25,7 +25,10 @@ pub const LIST: Endpoint = Endpoint {
         storage_param_decl(),
         Param::string("volume", MAX_VOLUME_PARAM_BYTES, None),
     ]),
-    privilege: Privilege::Authenticated,
+    privilege: Privilege::Any(
+        "/storage/{storage}",
+        &["Datastore.Audit", "Datastore.AllocateSpace"],
+    ),
     description: "List the snapshots of a volume (gpve extension).",
 };
 
@@ -58,7 +61,7 @@ pub const CREATE: Endpoint = Endpoint {
         Param::string("volume", MAX_VOLUME_PARAM_BYTES, None),
         Param::string("snapname", 40, None),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.AllocateSpace"]),
     description: "Snapshot a volume (gpve extension).",
 };
 
@@ -82,7 +85,7 @@ pub const DELETE: Endpoint = Endpoint {
         Param::string("volume", MAX_VOLUME_PARAM_BYTES, None),
         Param::string("snapname", 40, None),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.AllocateSpace"]),
     description: "Delete a snapshot of a volume (gpve extension).",
 };
 

@@ -54,7 +54,7 @@ pub const POST: Endpoint = Endpoint {
         .opt(),
         Param::string("tmpfilename", 255, None).opt(),
     ]),
-    privilege: Privilege::Admin,
+    privilege: Privilege::Perm("/storage/{storage}", &["Datastore.AllocateTemplate"]),
     description: "Upload templates, ISO images and snippets.",
 };
 
