@@ -64,3 +64,5 @@ test: deps fmt clippy ## What CI runs: deps, fmt, clippy, fdb type-check, all te
 bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo bench --workspace
 	cargo test -p gpve-supervisor --release --test bench -- --ignored --nocapture
+	cargo test -p gpve-api --release --test cluster_join bench_heartbeat_round_trip -- --ignored --nocapture
+	cargo test -p gpve-api --release --test vm_disks bench_ -- --ignored --nocapture

@@ -2,42 +2,17 @@
 //! are recorded (secrets redacted), survive a restart, `gpvectl audit verify` passes, and
 //! after a record is altered directly in the store it fails naming that record.
 
+mod gpvectl_common;
 mod server_common;
 
-use std::io::Write;
+use gpvectl_common::{ctl, ok};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use gpve_api::audit::{AuditRecord, Verification};
 use gpve_api::client::Fingerprint;
 use gpve_api::datadir::DataDir;
 use gpve_store::{Key, Store};
 use server_common::{BinServer, ROOT_PW, data_path, init_dir};
-
-fn ctl(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpvectl"))
-        .args(args)
-        .env("GPVE_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gpvectl");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    child.wait_with_output().expect("gpvectl output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "gpvectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn login(config: &Path, server: &BinServer, fp: &str) {
     let url = format!("https://{}", server.addr);

@@ -481,7 +481,7 @@ fn gpvectl(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
 /// Heartbeat round trip (mutual TLS, gRPC, lease renewal committed to redb) on loopback.
 /// `cargo test -p gpve-api --release --test cluster_join -- --ignored --nocapture`
 #[tokio::test]
-#[ignore]
+#[ignore = "benchmark; run with make bench"]
 async fn bench_heartbeat_round_trip() {
     let n: u64 = std::env::var("GPVE_BENCH_HEARTBEATS")
         .ok()

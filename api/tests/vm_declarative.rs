@@ -4,41 +4,15 @@
 //! nothing, a memory change of the running VM is pending, delete removes VM, QEMU and
 //! disks; bad manifests are refused by JSON path and leave nothing; names collide with 409.
 
+mod gpvectl_common;
 mod vm_common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use gpvectl_common::{ctl, ok};
 
 use gpve_api::client::Fingerprint;
 use reqwest::Method;
 use serde_json::{Value, json};
 use vm_common::*;
-
-fn ctl(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpvectl"))
-        .args(args)
-        .env("GPVE_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gpvectl");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    child.wait_with_output().expect("gpvectl output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "gpvectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 async fn login(env: &Env, srv: &Server) -> std::path::PathBuf {
     let url = srv.api.base.trim_end_matches("/api2/json").to_string();

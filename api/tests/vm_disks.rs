@@ -471,7 +471,7 @@ async fn bad_disk_requests_change_nothing() {
 /// on dir storage (one driver copy), and moves dir qcow2 → btrfs raw → dir qcow2 (each an
 /// export to a qcow2 staging file plus an import, so two copies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark"]
+#[ignore = "benchmark; run with make bench"]
 async fn bench_full_clone_and_move_throughput() {
     let Some((_fs, _env, server)) = setup("bench_full_clone_and_move_throughput").await else {
         return;

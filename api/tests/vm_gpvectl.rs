@@ -1,39 +1,13 @@
 //! `gpvectl vm` against the real server: create with a direct-boot test guest and start
 //! (the guest boots), list, get, a refused start, stop, snapshot, delete.
 
+mod gpvectl_common;
 mod vm_common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use gpvectl_common::{ctl, ok};
 
 use gpve_api::client::Fingerprint;
 use vm_common::*;
-
-fn ctl(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpvectl"))
-        .args(args)
-        .env("GPVE_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gpvectl");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    child.wait_with_output().expect("gpvectl output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "gpvectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpvectl_vm_create_start_stop_delete() {

@@ -15,11 +15,12 @@
 //!   the `errors` map, a tagged NIC is refused on this kernel (no VLAN filtering);
 //! - stop removes the tap.
 
+mod gpvectl_common;
 mod vm_common;
 
-use std::io::Write;
+use gpvectl_common::{ctl, ok};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use gpve_api::client::Fingerprint;
@@ -96,31 +97,6 @@ fn reachable(peer: &str) -> bool {
 /// Three pings in a row get no answer.
 fn cut_off(peer: &str) -> bool {
     (0..3).all(|_| !ping_once(peer))
-}
-
-fn ctl(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpvectl"))
-        .args(args)
-        .env("GPVE_CONFIG", config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gpvectl");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = input.write_all(stdin.as_bytes());
-    }
-    child.wait_with_output().expect("gpvectl output")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "gpvectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn tap_master(ns: &str, tap: &str) -> Option<String> {

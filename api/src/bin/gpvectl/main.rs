@@ -129,7 +129,7 @@ same server is used; if there is none, gpvectl shows what the server presents an
     /// Create or update VMs from gpve.io/v1 VirtualMachine manifests (YAML or JSON).
     #[command(after_help = apply::EXAMPLES)]
     Apply(apply::ApplyArgs),
-    /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot.
+    /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot, clone, resize, move-disk.
     Vm {
         #[command(subcommand)]
         what: vm::VmCommand,
