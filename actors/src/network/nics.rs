@@ -89,6 +89,13 @@ pub fn nic_plugs(config: &BTreeMap<String, String>) -> Result<Vec<NicPlug>, Nics
                 "trunks need bridge VLAN filtering, which gpve does not configure yet".into(),
             ));
         }
+        // Refused rather than ignored: a guest must not run unlimited when a limit was asked.
+        if net.options.contains_key("rate") {
+            return Err(bad(
+                "rate limits (tc on the tap) are not built yet; remove rate= to start the VM"
+                    .into(),
+            ));
+        }
         let multi_queue = net
             .options
             .get("queues")
@@ -416,6 +423,13 @@ mod tests {
             nic_plugs(&cfg(&[("net0", "virtio,bridge=vmbr0,mtu=10")])),
             Err(NicsError::Config { .. })
         ));
+        for unsupported in ["rate=10", "trunks=10;20"] {
+            let value = format!("virtio,bridge=vmbr0,{unsupported}");
+            match nic_plugs(&cfg(&[("net1", &value)])) {
+                Err(NicsError::Config { key, .. }) => assert_eq!(key, "net1"),
+                other => panic!("{unsupported} must be refused, got {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]
