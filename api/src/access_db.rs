@@ -219,19 +219,7 @@ impl AccessDb {
         };
         rec.apply(changes);
         let key = user_key(userid);
-        let created = self
-            .store
-            .transact(|tx| {
-                let (key, rec) = (key.clone(), rec.clone());
-                Box::pin(async move {
-                    if tx.get(&key).await?.is_some() {
-                        return Ok(false);
-                    }
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
-            })
-            .await?;
+        let created = self.store.create_json(&key, &rec).await?;
         if created {
             Ok(())
         } else {

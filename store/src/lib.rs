@@ -290,6 +290,31 @@ impl Store {
         self.set(key, &bytes).await
     }
 
+    /// Writes one JSON value unless `key` already holds something (one transaction);
+    /// returns whether it wrote. The check and the write commit together, so of two
+    /// racing creates exactly one wins.
+    pub async fn create_json<T: Serialize + Sync + ?Sized>(
+        &self,
+        key: &Key,
+        value: &T,
+    ) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Codec {
+            key: key.clone(),
+            source,
+        })?;
+        self.transact(|tx| {
+            let (key, bytes) = (key.clone(), bytes.clone());
+            Box::pin(async move {
+                if tx.get(&key).await?.is_some() {
+                    return Ok(false);
+                }
+                tx.set(&key, &bytes);
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     /// Deletes one key (one transaction).
     pub async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.transact(|tx| {

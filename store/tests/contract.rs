@@ -296,6 +296,36 @@ mod contract {
         assert_eq!(n, Some(50));
     }
 
+    pub async fn create_json_has_one_winner(store: &Store) {
+        let ns = namespace(store, "create").await;
+        let key = ns.join(&("vm", 100u32));
+        let mut tasks = Vec::new();
+        for writer in 0..8u32 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .create_json(&key, &writer)
+                    .await
+                    .map(|won| (writer, won))
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (writer, won) = t.await.expect("task").expect("create");
+            if won {
+                winners.push(writer);
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
+        let stored: Option<u32> = store.get_json(&key).await.expect("read");
+        assert_eq!(stored, Some(winners[0]), "the winner's value is kept");
+        assert!(!store.create_json(&key, &99u32).await.expect("again"));
+        assert_eq!(
+            store.get_json::<u32>(&key).await.expect("read"),
+            Some(winners[0])
+        );
+    }
+
     pub async fn conflict_is_retried(store: &Store) {
         let ns = namespace(store, "conflict").await;
         let k = ns.join(&("k",));
@@ -441,6 +471,7 @@ macro_rules! contract_suite {
             case!(read_your_writes);
             case!(clear_range);
             case!(counter_under_50_concurrent_tasks);
+            case!(create_json_has_one_winner);
             case!(conflict_is_retried);
             case!(snapshot_reads_and_blind_writes);
             case!(abort_and_limits);

@@ -292,19 +292,7 @@ pub async fn get(store: &Store, id: &str) -> Result<StorageConfig, StorageConfig
 pub async fn create(store: &Store, cfg: &StorageConfig) -> Result<(), StorageConfigError> {
     cfg.validate()?;
     let key = storage_key(&cfg.storage);
-    let created = store
-        .transact(|tx| {
-            let key = key.clone();
-            let cfg = cfg.clone();
-            Box::pin(async move {
-                if tx.get(&key).await?.is_some() {
-                    return Ok(false);
-                }
-                tx.put_json(&key, &cfg)?;
-                Ok(true)
-            })
-        })
-        .await?;
+    let created = store.create_json(&key, cfg).await?;
     if created {
         Ok(())
     } else {

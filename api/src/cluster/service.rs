@@ -42,12 +42,6 @@ fn unavailable(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
 
-/// Outcome of the join transaction.
-enum Admit {
-    Admitted,
-    Taken,
-}
-
 #[async_trait]
 impl ClusterService for ServerCluster {
     async fn join(&self, req: JoinRequest) -> Result<JoinGrant, ServiceError> {
@@ -89,23 +83,9 @@ impl ClusterService for ServerCluster {
             cert_fingerprint: fingerprint,
             cordoned: false,
         };
-        let admitted = self
-            .store
-            .transact(move |tx| {
-                let record = record.clone();
-                Box::pin(async move {
-                    let key = node_key(&record.node);
-                    if tx.get(&key).await?.is_some() {
-                        return Ok(Admit::Taken);
-                    }
-                    tx.put_json(&key, &record)?;
-                    Ok(Admit::Admitted)
-                })
-            })
-            .await;
-        match admitted {
-            Ok(Admit::Admitted) => claim.commit(),
-            Ok(Admit::Taken) => {
+        match self.store.create_json(&node_key(&node), &record).await {
+            Ok(true) => claim.commit(),
+            Ok(false) => {
                 claim.release();
                 return Err(ServiceError::Refused(format!(
                     "a node named '{node}' already joined; choose another --node-name"

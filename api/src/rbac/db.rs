@@ -257,17 +257,7 @@ impl RbacDb {
         };
         let created = self
             .store
-            .transact(|tx| {
-                let rec = rec.clone();
-                Box::pin(async move {
-                    let key = group_key(&rec.groupid);
-                    if tx.get(&key).await?.is_some() {
-                        return Ok(false);
-                    }
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
-            })
+            .create_json(&group_key(&rec.groupid), &rec)
             .await?;
         if created {
             Ok(())
@@ -526,20 +516,7 @@ impl RbacDb {
             comment: comment.to_string(),
             ..Default::default()
         };
-        let created = self
-            .store
-            .transact(|tx| {
-                let rec = rec.clone();
-                Box::pin(async move {
-                    let key = pool_key(&rec.poolid);
-                    if tx.get(&key).await?.is_some() {
-                        return Ok(false);
-                    }
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
-            })
-            .await?;
+        let created = self.store.create_json(&pool_key(&rec.poolid), &rec).await?;
         if created {
             Ok(())
         } else {
