@@ -233,19 +233,10 @@ impl AccessDb {
         userid: &str,
         changes: UserChanges,
     ) -> Result<(), AccessDbError> {
-        let key = user_key(userid);
         let found = self
             .store
-            .transact(|tx| {
-                let (key, changes) = (key.clone(), changes.clone());
-                Box::pin(async move {
-                    let Some(mut rec) = tx.get_json::<UserRecord>(&key).await? else {
-                        return Ok(false);
-                    };
-                    rec.apply(changes);
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
+            .update_json(&user_key(userid), move |rec: &mut UserRecord| {
+                rec.apply(changes.clone())
             })
             .await?;
         if found {
@@ -258,19 +249,10 @@ impl AccessDb {
     /// Set (or replace) a user's password.
     pub async fn set_password(&self, userid: &str, password: &str) -> Result<(), AccessDbError> {
         let hash = auth::hash_password(password)?;
-        let key = user_key(userid);
         let found = self
             .store
-            .transact(|tx| {
-                let (key, hash) = (key.clone(), hash.clone());
-                Box::pin(async move {
-                    let Some(mut rec) = tx.get_json::<UserRecord>(&key).await? else {
-                        return Ok(false);
-                    };
-                    rec.password_hash = Some(hash);
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
+            .update_json(&user_key(userid), move |rec: &mut UserRecord| {
+                rec.password_hash = Some(hash.clone())
             })
             .await?;
         if found {

@@ -315,6 +315,28 @@ impl Store {
         .await
     }
 
+    /// Reads the JSON value at `key`, changes it with `change` and writes it back (one
+    /// transaction; `change` runs again if the transaction retries); returns whether there
+    /// was a value to change.
+    pub async fn update_json<T, F>(&self, key: &Key, change: F) -> Result<bool, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: Fn(&mut T) + Clone + Send + Sync + 'static,
+    {
+        self.transact(|tx| {
+            let (key, change) = (key.clone(), change.clone());
+            Box::pin(async move {
+                let Some(mut value) = tx.get_json::<T>(&key).await? else {
+                    return Ok(false);
+                };
+                change(&mut value);
+                tx.put_json(&key, &value)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     /// Deletes one key (one transaction).
     pub async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.transact(|tx| {

@@ -326,6 +326,36 @@ mod contract {
         );
     }
 
+    pub async fn update_json_changes_only_what_exists(store: &Store) {
+        let ns = namespace(store, "update").await;
+        let (present, absent) = (ns.join(&("n",)), ns.join(&("missing",)));
+        store.put_json(&present, &1u64).await.expect("put");
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, key) = (store.clone(), present.clone());
+            tasks.push(tokio::spawn(async move {
+                store.update_json(&key, |n: &mut u64| *n += 1).await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.expect("task").expect("update"), "the value exists");
+        }
+        assert_eq!(
+            store.get_json::<u64>(&present).await.expect("read"),
+            Some(9)
+        );
+        let changed = store
+            .update_json(&absent, |n: &mut u64| *n += 1)
+            .await
+            .expect("update");
+        assert!(!changed, "nothing to update");
+        assert_eq!(
+            store.get(&absent).await.expect("read"),
+            None,
+            "nothing created"
+        );
+    }
+
     pub async fn conflict_is_retried(store: &Store) {
         let ns = namespace(store, "conflict").await;
         let k = ns.join(&("k",));
@@ -472,6 +502,7 @@ macro_rules! contract_suite {
             case!(clear_range);
             case!(counter_under_50_concurrent_tasks);
             case!(create_json_has_one_winner);
+            case!(update_json_changes_only_what_exists);
             case!(conflict_is_retried);
             case!(snapshot_reads_and_blind_writes);
             case!(abort_and_limits);

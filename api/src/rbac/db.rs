@@ -267,20 +267,11 @@ impl RbacDb {
     }
 
     pub async fn update_group(&self, groupid: &str, comment: &str) -> Result<(), RbacDbError> {
-        let (g, c) = (groupid.to_string(), comment.to_string());
+        let comment = comment.to_string();
         let found = self
             .store
-            .transact(|tx| {
-                let (g, c) = (g.clone(), c.clone());
-                Box::pin(async move {
-                    let key = group_key(&g);
-                    let Some(mut rec) = tx.get_json::<GroupRecord>(&key).await? else {
-                        return Ok(false);
-                    };
-                    rec.comment = c;
-                    tx.put_json(&key, &rec)?;
-                    Ok(true)
-                })
+            .update_json(&group_key(groupid), move |rec: &mut GroupRecord| {
+                rec.comment = comment.clone()
             })
             .await?;
         if found {
