@@ -61,6 +61,13 @@ if ((${#missing[@]} > 0)); then
     exit 1
 fi
 
+# kubectl checks vCluster kubeconfigs. Debian ships it as kubernetes-client; a kubectl
+# installed another way (e.g. a vendor package) is kept, since the two would conflict.
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "install-deps: installing kubernetes-client (kubectl)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client
+fi
+
 # Rust: the workspace needs rustc >= 1.90 with rustfmt and clippy. Toolchains come from
 # rustup, not from Debian (whose rustc is too old).
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
