@@ -66,3 +66,13 @@ bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo test -p gpve-supervisor --release --test bench -- --ignored --nocapture
 	cargo test -p gpve-api --release --test cluster_join bench_heartbeat_round_trip -- --ignored --nocapture
 	cargo test -p gpve-api --release --test vm_disks bench_ -- --ignored --nocapture
+	cargo test -p gpve-api --release --test tenancy bench_ -- --ignored --nocapture
+	cargo test -p gpve-transport --release --test store_contract bench_remote_transactions -- --ignored --nocapture
+	cargo test -p gpve-api --release --test cluster_agents bench_forwarded_status -- --ignored --nocapture
+	cargo test -p gpve-api --release --test cluster_ha -- --nocapture
+	cargo test -p gpve-actors --release --lib -- scheduler::tests::placement_time --nocapture --test-threads 1
+	cargo test -p gpve-hypervisor --release --test qemu_migration bench_live_migration_256mib -- --ignored --nocapture
+	VC_BENCH_N=1000 cargo test -p gpve-api --release --test vcluster_bench -- --ignored --nocapture
+	cargo build --release -p gpve-simulation
+	$(RELEASE_BIN)/gpve-simulation --seed 1 --nodes 3 --vms 50 --duration 600s --faults default
+	$(RELEASE_BIN)/gpve-simulation --seeds 0..10 --nodes 3 --vms 50 --duration 600s --check-determinism

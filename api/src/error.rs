@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 403.
     #[error("Permission check failed")]
     Forbidden,
+    /// 403 with the reason (a quota refusal names the quota, the request and what is left).
+    #[error("{0}")]
+    Refused(String),
     /// 404-like: the object does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -34,6 +37,10 @@ pub enum ApiError {
     /// clients treat 595 as a transient connection error and retry.
     #[error("no such cluster node '{0}'")]
     NoSuchNode(String),
+    /// 595, Proxmox's status for a member node that cannot be reached (offline: its lease
+    /// expired, or the connection to it failed). Clients retry it later.
+    #[error("node '{node}' is offline or unreachable: {reason}")]
+    NodeOffline { node: String, reason: String },
     /// 409-like conflict; Proxmox answers these with 500 and a message, gpve with 400 so
     /// clients see a client error.
     #[error("{0}")]
@@ -70,12 +77,15 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthorized | ApiError::Csrf => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Refused(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) | ApiError::NoSuchNode(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NodeOffline { .. } => {
+                StatusCode::from_u16(595).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,14 +147,16 @@ impl From<gpve_actors::vm::VmError> for ApiError {
             V::State(_) | V::Snapshot { .. } | V::Protected { .. } => {
                 ApiError::BadRequest(e.to_string())
             }
-            V::Locked { .. } => ApiError::Conflict(e.to_string()),
+            V::Locked { .. } | V::PlacedElsewhere { .. } => ApiError::Conflict(e.to_string()),
+            V::Migration(m) if m.is_refusal() => ApiError::BadRequest(m.to_string()),
             V::NotFound(_) => ApiError::NotFound(e.to_string()),
             V::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             V::Store(inner) => inner.into(),
             V::Hypervisor { .. }
             | V::Storage(_)
             | V::ShutdownTimeout { .. }
-            | V::Network { .. } => ApiError::Internal(e.to_string()),
+            | V::Network { .. }
+            | V::Migration(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -531,10 +531,7 @@ impl AuditCtx {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(gpve_supervisor::wall_now_ms()).unwrap_or(i64::MAX)
 }
 
 async fn prepare(
@@ -546,14 +543,16 @@ async fn prepare(
 ) -> Result<Ctx, ApiError> {
     let (parts, body) = req.into_parts();
     let now = now_s();
-    let identity = authenticate(&state, &parts.headers, now).await?;
+    let identity = authenticate(&state, &parts.headers, &parts.extensions, now).await?;
     if let Some(id) = &identity {
         audit.identify(id);
     }
     if ep.privilege != Privilege::World && identity.is_none() {
         return Err(ApiError::Unauthorized);
     }
+    // A forwarded request's CSRF token was checked by the server that forwarded it.
     if let Some(Identity::Ticket { userid }) = &identity
+        && !is_forwarded(&parts.extensions)
         && parts.method != HttpMethod::GET
         && parts.method != HttpMethod::HEAD
     {
@@ -670,13 +669,53 @@ fn cookie_ticket(headers: &HeaderMap) -> Option<String> {
         .map(percent_decode)
 }
 
+fn is_forwarded(extensions: &axum::http::Extensions) -> bool {
+    extensions
+        .get::<crate::forward::ForwardedIdentity>()
+        .is_some()
+}
+
+/// The caller of a request the server is about to forward to an agent: authenticated, and
+/// with a valid CSRF token on ticket-authenticated writes (the agent trusts both).
+pub(crate) async fn authenticate_for_forwarding(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Identity, ApiError> {
+    let now = now_s();
+    let identity = authenticate(state, &parts.headers, &parts.extensions, now)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if let Identity::Ticket { userid } = &identity
+        && parts.method != HttpMethod::GET
+        && parts.method != HttpMethod::HEAD
+    {
+        let token = parts
+            .headers
+            .get("CSRFPreventionToken")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !state.key.verify_csrf(token, userid, now) {
+            return Err(ApiError::Csrf);
+        }
+    }
+    Ok(identity)
+}
+
 /// Resolve the request's credentials. Present but invalid credentials are a 401 even on
-/// public routes, as Proxmox does.
+/// public routes, as Proxmox does. On an agent, a request the server forwarded carries the
+/// identity the server authenticated ([`crate::forward`]); only the server can reach an
+/// agent's API listener (mutual TLS).
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
     now: i64,
 ) -> Result<Option<Identity>, ApiError> {
+    if let Some(crate::forward::ForwardedIdentity(identity)) =
+        extensions.get::<crate::forward::ForwardedIdentity>()
+    {
+        return Ok(Some(identity.clone()));
+    }
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
         if value.starts_with("PVEAPIToken") {
@@ -892,11 +931,13 @@ where
                 let mut audit = AuditCtx::new(&state, ep, &req);
                 let (parts, body) = req.into_parts();
                 let head = async {
-                    let identity = authenticate(&state, &parts.headers, now_s()).await?;
+                    let identity =
+                        authenticate(&state, &parts.headers, &parts.extensions, now_s()).await?;
                     if let Some(id) = &identity {
                         audit.identify(id);
                     }
                     if let Some(Identity::Ticket { userid }) = &identity
+                        && !is_forwarded(&parts.extensions)
                         && parts.method != HttpMethod::GET
                     {
                         let token = parts

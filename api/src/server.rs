@@ -30,6 +30,8 @@ pub enum ServerError {
     Tls { path: PathBuf, reason: String },
     #[error("recovering tasks failed")]
     Tasks(#[from] gpve_actors::task::TaskError),
+    #[error("setting up API forwarding to agents failed: {0}")]
+    Forward(String),
     #[error("starting the supervision tree failed (is {0} free?)")]
     Tree(SocketAddr, #[source] gpve_supervisor::SupervisorError),
 }
@@ -51,6 +53,12 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_implemented)
         // Handlers read bodies themselves with the same bound; this covers the rest.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Before routing: requests for another node go to its agent (server), or carry the
+        // identity the server authenticated (agent).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::layer,
+        ))
         // Outermost: counts and times every request, fallbacks and rejections included.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -150,6 +158,18 @@ pub async fn start_with_cluster(
     config.cluster_name = node_cfg.cluster_name.clone();
     config.login_failure_delay_ms = opts.login_failure_delay_ms;
     let state = AppState::new(config, store.clone(), key, tasks, node);
+    if grpc_listen.is_some() {
+        // Agents can join: forward their nodes' API calls to them.
+        let files = crate::cluster::files::ClusterFiles::new(&opts.data_dir);
+        let ca = files
+            .ensure_ca(node_cfg.cluster_name.as_deref().unwrap_or("gpve"))
+            .map_err(|e| ServerError::Forward(gpve_actors::storage::error_chain(&e)))?;
+        let forwarder = crate::forward::Forwarder::from_ca(&ca)
+            .map_err(|e| ServerError::Forward(gpve_actors::storage::error_chain(&e)))?;
+        let _ = state
+            .forward
+            .set(crate::forward::Role::Server(Box::new(forwarder)));
+    }
 
     let listen = Arc::new(Mutex::new(opts.listen));
     let api = ApiArgs {

@@ -60,6 +60,11 @@ pub struct Inner {
     pub resources: ResourceCache,
     /// Request metrics and the actor message-rate sampler (outlive `api` actor restarts).
     pub metrics: crate::metrics::Metrics,
+    /// The VM host handlers and the VM supervisor use instead of real QEMU, when set
+    /// (the deterministic simulation sets one with the simulated hypervisor).
+    pub vm_host: std::sync::OnceLock<gpve_actors::vm::VmHost>,
+    /// This process's part in API forwarding (server or agent); unset: a single node.
+    pub forward: std::sync::OnceLock<crate::forward::Role>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,6 +93,8 @@ impl AppState {
             key,
             tasks,
             node,
+            vm_host: std::sync::OnceLock::new(),
+            forward: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -101,8 +108,5 @@ impl std::ops::Deref for AppState {
 
 /// Current Unix time in seconds.
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    gpve_supervisor::wall_now_s()
 }

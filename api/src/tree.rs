@@ -208,6 +208,68 @@ impl Actor for ApiActor {
 // ---------------------------------------------------------------------------------------
 // root
 
+/// The children every node process runs for its node, in start order: `node:{name}`,
+/// `storage`, `network`, `qemu` (vm-supervisor) and `usage-sampler`. The server's root
+/// runs them for its in-process node and `gpve-agent` for a joined node (against the
+/// server's store reached remotely), so both build the node tree here, once. Handlers and
+/// the VM supervisor find these actors under [`ROOT`], so an agent's root has that name too.
+pub fn node_children(node: &str, store: Store, state: &AppState) -> Vec<ChildSpec> {
+    let node_name = node.to_string();
+    let storage = gpve_actors::storage::supervisor_child(node, store.clone());
+    let vms = gpve_actors::vm::supervisor_child(crate::pve::nodes::qemu::host(state));
+    let network = gpve_actors::network::child(node, store);
+    let sampler_state = state.clone();
+    vec![
+        ChildSpec::actor(
+            gpve_actors::node::actor_name(node),
+            "node",
+            RestartPolicy::Permanent,
+            move |ctx| {
+                (
+                    NodeActor {
+                        stats: Some(ctx.stats.clone()),
+                    },
+                    node_name.clone(),
+                )
+            },
+        ),
+        // Storage before api: handlers find the storage actors already running.
+        storage,
+        // Network before VMs: a starting VM asks it to apply its firewall.
+        network,
+        // VMs after storage: a re-adopted or restarted VM resolves its disks through it.
+        vms,
+        // After the node and the VMs: it samples both.
+        ChildSpec::actor(
+            "usage-sampler",
+            "sampler",
+            RestartPolicy::Permanent,
+            move |ctx| {
+                (
+                    crate::metrics::SamplerActor {
+                        stats: ctx.stats.clone(),
+                        state: sampler_state.clone(),
+                    },
+                    (),
+                )
+            },
+        ),
+    ]
+}
+
+/// The api actor as a child (the server's HTTPS listener, or an agent's forwarded-API
+/// listener).
+pub fn api_child(api: ApiArgs) -> ChildSpec {
+    ChildSpec::actor("api", "api", RestartPolicy::Permanent, move |ctx| {
+        (
+            ApiActor {
+                stats: ctx.stats.clone(),
+            },
+            api.clone(),
+        )
+    })
+}
+
 /// The root supervisor's specification.
 pub fn root_spec(
     node: &str,
@@ -215,12 +277,11 @@ pub fn root_spec(
     api: ApiArgs,
     cluster: crate::cluster::ClusterOptions,
 ) -> SupervisorSpec {
-    let node_name = node.to_string();
-    let cluster = crate::cluster::supervisor_child(cluster, store.clone());
-    let storage = gpve_actors::storage::supervisor_child(node, store.clone());
-    let vms = gpve_actors::vm::supervisor_child(crate::pve::nodes::qemu::host(&api.state));
-    let network = gpve_actors::network::child(node, store.clone());
-    SupervisorSpec::new(ROOT)
+    let tenants = crate::vcluster::supervisor_child(&cluster.data_dir, api.state.clone());
+    let ha = crate::cluster::ha::child(api.state.clone(), Default::default());
+    let cluster = crate::cluster::supervisor_child(cluster, store.clone(), Some(ha));
+    let node_tree = node_children(node, store.clone(), &api.state);
+    let mut spec = SupervisorSpec::new(ROOT)
         .kind("server")
         .strategy(Strategy::OneForOne)
         .intensity(5, 60_000)
@@ -238,55 +299,12 @@ pub fn root_spec(
                 )
             },
         ))
-        .child(cluster)
-        .child(ChildSpec::actor(
-            gpve_actors::node::actor_name(node),
-            "node",
-            RestartPolicy::Permanent,
-            move |ctx| {
-                (
-                    NodeActor {
-                        stats: Some(ctx.stats.clone()),
-                    },
-                    node_name.clone(),
-                )
-            },
-        ))
-        // Storage before api: handlers find the storage actors already running.
-        .child(storage)
-        // Network before VMs: a starting VM asks it to apply its firewall.
-        .child(network)
-        // VMs after storage: a re-adopted or restarted VM resolves its disks through it.
-        .child(vms)
-        // After the node and the VMs: it samples both.
-        .child(ChildSpec::actor(
-            "usage-sampler",
-            "sampler",
-            RestartPolicy::Permanent,
-            {
-                let state = api.state.clone();
-                move |ctx| {
-                    (
-                        crate::metrics::SamplerActor {
-                            stats: ctx.stats.clone(),
-                            state: state.clone(),
-                        },
-                        (),
-                    )
-                }
-            },
-        ))
-        .child(ChildSpec::actor(
-            "api",
-            "api",
-            RestartPolicy::Permanent,
-            move |ctx| {
-                (
-                    ApiActor {
-                        stats: ctx.stats.clone(),
-                    },
-                    api.clone(),
-                )
-            },
-        ))
+        .child(cluster);
+    for child in node_tree {
+        spec = spec.child(child);
+    }
+    spec
+        // After the VMs: virtual clusters create their worker VMs through them.
+        .child(tenants)
+        .child(api_child(api))
 }

@@ -543,7 +543,11 @@ async fn agent_over_the_in_memory_transport() {
     let directory = Directory::new();
     let opts = ClusterOptions::single(data.clone(), "srv".into());
     let root = Supervisor::spawn(
-        SupervisorSpec::new(gpve_api::tree::ROOT).child(supervisor_child(opts, store.clone())),
+        SupervisorSpec::new(gpve_api::tree::ROOT).child(supervisor_child(
+            opts,
+            store.clone(),
+            None,
+        )),
         directory.clone(),
     )
     .await

@@ -6,6 +6,7 @@
 //! [`SimHypervisor`] is the deterministic stand-in for the simulation.
 
 pub mod cmdline;
+pub mod migrate;
 pub mod qemu;
 pub mod qmp;
 pub mod sim;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 pub use cmdline::{HostFacts, ResolvedAccel, RunPaths, build_argv, resolve_accel};
+pub use migrate::{MigrateError, MigrateOptions, MigrationProgress, MigrationStats};
 pub use qemu::{Qemu, QemuConfig};
 pub use sim::{SimClock, SimConfig, SimHost, SimHypervisor, TokioClock};
 pub use spec::{
@@ -204,7 +206,23 @@ pub enum HypervisorError {
     },
     #[error("simulated failure of VM {vmid}: {message}")]
     Simulated { vmid: u32, message: String },
+    #[error("migration of VM {vmid} failed")]
+    Migration {
+        vmid: u32,
+        #[source]
+        source: MigrateError,
+    },
 }
+
+/// A paused target QEMU waiting for a migration stream.
+pub struct IncomingVm {
+    pub process: Box<dyn VmProcess>,
+    /// Where it listens (`tcp:HOST:PORT`, with the port QEMU chose when 0 was asked for).
+    pub uri: String,
+}
+
+/// Called with every `query-migrate` reply while a migration runs.
+pub type ProgressFn<'a> = &'a (dyn Fn(&MigrationProgress) + Send + Sync);
 
 /// Starts or re-adopts VM processes. Object-safe: actors hold `Arc<dyn Hypervisor>`.
 #[async_trait]
@@ -224,6 +242,16 @@ pub trait Hypervisor: Send + Sync + 'static {
         vmid: u32,
         run_dir: &Path,
     ) -> Result<Option<Box<dyn VmProcess>>, HypervisorError>;
+
+    /// Starts the VM paused as a migration target (`-incoming defer`, then
+    /// `migrate-incoming` to `listen`, a `tcp:HOST:PORT` URI; port 0 lets QEMU choose).
+    /// The process ends by itself if the incoming migration fails.
+    async fn start_incoming(
+        &self,
+        spec: &QemuSpec,
+        run_dir: &Path,
+        listen: &str,
+    ) -> Result<IncomingVm, HypervisorError>;
 }
 
 /// Control of one VM process. Dropping it detaches (the process keeps running).
@@ -249,4 +277,14 @@ pub trait VmProcess: Send + Sync {
     async fn kill(&self) -> Result<VmExit, HypervisorError>;
     /// Waits for the process to end, however it ends.
     async fn wait_exit(&self) -> VmExit;
+    /// Live-migrates the VM to the target listening at `uri` (see [`migrate`]). On
+    /// success the guest is paused here (`postmigrate`) and the target holds its state;
+    /// the caller resumes the target and quits this process. On failure or timeout the
+    /// migration is cancelled and the guest keeps running here.
+    async fn migrate(
+        &self,
+        uri: &str,
+        options: &MigrateOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<MigrationStats, HypervisorError>;
 }

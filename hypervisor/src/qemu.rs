@@ -11,11 +11,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::cmdline::{HostFacts, RunPaths, build_argv, esc, resolve_accel};
+use crate::migrate::{
+    MigrateError, MigrateOptions, MigrationProgress, MigrationStats, parse_query_migrate,
+};
 use crate::qmp::{QmpClient, QmpError, QmpEvent};
 use crate::spec::QemuSpec;
 use crate::{
-    ExitCause, Hypervisor, HypervisorError, VM_EVENT_QUEUE_LEN, VmEvent, VmExit, VmHandle,
-    VmProcess, VmStatus,
+    ExitCause, Hypervisor, HypervisorError, IncomingVm, ProgressFn, VM_EVENT_QUEUE_LEN, VmEvent,
+    VmExit, VmHandle, VmProcess, VmStatus,
 };
 
 /// QEMU's stderr kept for the start error message.
@@ -196,13 +199,9 @@ fn sigkill(vmid: u32, pid: u32) -> Result<(), HypervisorError> {
     }
 }
 
-#[async_trait]
-impl Hypervisor for Qemu {
-    async fn start(
-        &self,
-        spec: &QemuSpec,
-        run_dir: &Path,
-    ) -> Result<Box<dyn VmProcess>, HypervisorError> {
+impl Qemu {
+    /// Spawns QEMU and attaches to it (the body of [`Hypervisor::start`]).
+    async fn launch(&self, spec: &QemuSpec, run_dir: &Path) -> Result<QemuVm, HypervisorError> {
         spec.validate()?;
         let vmid = spec.vmid;
         let paths = RunPaths::new(run_dir);
@@ -310,7 +309,50 @@ impl Hypervisor for Qemu {
             let _ = vm.kill().await;
             return Err(e);
         }
-        Ok(Box::new(vm))
+        Ok(vm)
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn start(
+        &self,
+        spec: &QemuSpec,
+        run_dir: &Path,
+    ) -> Result<Box<dyn VmProcess>, HypervisorError> {
+        Ok(Box::new(self.launch(spec, run_dir).await?))
+    }
+
+    async fn start_incoming(
+        &self,
+        spec: &QemuSpec,
+        run_dir: &Path,
+        listen: &str,
+    ) -> Result<IncomingVm, HypervisorError> {
+        let vmid = spec.vmid;
+        let mig = |source| HypervisorError::Migration { vmid, source };
+        crate::migrate::parse_tcp_uri(listen).map_err(mig)?;
+        let mut spec = spec.clone();
+        spec.start_paused = true;
+        spec.args
+            .extend(["-incoming".to_string(), "defer".to_string()]);
+        let vm = self.launch(&spec, run_dir).await?;
+        let listening = async {
+            vm.raw("migrate-incoming", serde_json::json!({ "uri": listen }))
+                .await?;
+            let info = vm.raw("query-migrate", serde_json::json!({})).await?;
+            crate::migrate::listen_uri_from(&info).map_err(mig)
+        };
+        match listening.await {
+            Ok(uri) => Ok(IncomingVm {
+                process: Box::new(vm),
+                uri,
+            }),
+            Err(e) => {
+                let _ = vm.kill().await;
+                Err(e)
+            }
+        }
     }
 
     async fn adopt(
@@ -377,6 +419,57 @@ impl QemuVm {
         tokio::time::timeout(Duration::from_millis(timeout_ms), self.wait_exit())
             .await
             .ok()
+    }
+
+    async fn raw(
+        &self,
+        name: &'static str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, HypervisorError> {
+        if self.exit_rx.borrow().is_some() {
+            return Err(HypervisorError::Exited {
+                vmid: self.handle.vmid,
+            });
+        }
+        self.qmp
+            .execute_raw(name, arguments)
+            .await
+            .map_err(|e| self.qmp_err(e))
+    }
+
+    async fn query_migrate(&self) -> Result<MigrationProgress, HypervisorError> {
+        let v = self.raw("query-migrate", serde_json::json!({})).await?;
+        parse_query_migrate(&v).map_err(|source| HypervisorError::Migration {
+            vmid: self.handle.vmid,
+            source,
+        })
+    }
+
+    /// Polls `query-migrate` until a final state or the deadline.
+    async fn poll_migration(
+        &self,
+        options: &MigrateOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<MigrationProgress, HypervisorError> {
+        let vmid = self.handle.vmid;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(options.timeout_ms);
+        let poll = Duration::from_millis(options.poll_interval_ms.max(1));
+        loop {
+            let p = self.query_migrate().await?;
+            progress(&p);
+            if p.is_final() {
+                return Ok(p);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HypervisorError::Migration {
+                    vmid,
+                    source: MigrateError::Timeout {
+                        timeout_ms: options.timeout_ms,
+                    },
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
     }
 }
 
@@ -462,6 +555,48 @@ impl VmProcess for QemuVm {
                 pid,
                 timeout_ms: self.exit_wait_ms,
             })
+    }
+
+    async fn migrate(
+        &self,
+        uri: &str,
+        options: &MigrateOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<MigrationStats, HypervisorError> {
+        let vmid = self.handle.vmid;
+        let mig = |source| HypervisorError::Migration { vmid, source };
+        crate::migrate::check_source(vmid, uri, &self.status().await?)?;
+        // As Proxmox: xbzrle and auto-converge, its downtime limit, and an explicit
+        // bandwidth (QEMU's default of 128 MiB/s would slow every migration).
+        self.raw(
+            "migrate-set-capabilities",
+            serde_json::json!({ "capabilities": [
+                { "capability": "xbzrle", "state": true },
+                { "capability": "auto-converge", "state": true },
+            ]}),
+        )
+        .await?;
+        self.raw(
+            "migrate-set-parameters",
+            serde_json::json!({
+                "downtime-limit": options.downtime_limit_ms,
+                "max-bandwidth": options.max_bandwidth_bytes_s(),
+            }),
+        )
+        .await?;
+        self.raw("migrate", serde_json::json!({ "uri": uri }))
+            .await?;
+        let outcome = self.poll_migration(options, progress).await;
+        match outcome {
+            Ok(p) => crate::migrate::finish(&p).map_err(mig),
+            Err(e) => {
+                // Timeout or a QMP failure: leave the guest running here.
+                if let Err(c) = self.raw("migrate_cancel", serde_json::json!({})).await {
+                    tracing::warn!(vmid, error = %c, "migrate_cancel failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn wait_exit(&self) -> VmExit {

@@ -161,7 +161,14 @@ impl QmpClient {
         })
     }
 
-    async fn execute_raw(&self, name: &'static str, arguments: Value) -> Result<Value, QmpError> {
+    /// Runs a command with JSON arguments and returns its raw reply: for commands whose
+    /// arguments or reply differ between the 9.1 schema and the QEMU running here
+    /// (the migration commands: 7.2 lacks fields 9.1 requires).
+    pub async fn execute_raw(
+        &self,
+        name: &'static str,
+        arguments: Value,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending

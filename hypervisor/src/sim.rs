@@ -14,12 +14,34 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, watch};
 
 use crate::cmdline::RunPaths;
+use crate::migrate::{MigrateError, MigrateOptions, MigrationProgress, MigrationStats};
 use crate::qmp::QmpError;
 use crate::spec::QemuSpec;
 use crate::{
-    ExitCause, Hypervisor, HypervisorError, VM_EVENT_QUEUE_LEN, VmEvent, VmExit, VmHandle,
-    VmProcess, VmStatus,
+    ExitCause, Hypervisor, HypervisorError, IncomingVm, ProgressFn, VM_EVENT_QUEUE_LEN, VmEvent,
+    VmExit, VmHandle, VmProcess, VmStatus,
 };
+
+/// How long a simulated live migration takes, and its reported downtime.
+pub const SIM_MIGRATE_MS: u64 = 300;
+pub const SIM_MIGRATE_DOWNTIME_MS: u64 = 20;
+/// First port a simulated incoming migration listens on when asked for port 0.
+const SIM_PORT_FIRST: u32 = 49_152;
+
+/// Incoming migrations listening, by URI. Process-wide because migrations cross
+/// [`SimHost`]s (one per simulated node) the way TCP crosses machines.
+#[derive(Default)]
+struct SimNet {
+    listening: BTreeMap<String, std::sync::Weak<SimProc>>,
+    next_port: u32,
+}
+
+fn sim_net() -> MutexGuard<'static, SimNet> {
+    static NET: std::sync::OnceLock<Mutex<SimNet>> = std::sync::OnceLock::new();
+    NET.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
 
 /// The time seam: the simulation supplies virtual time.
 pub trait SimClock: Send + Sync + 'static {
@@ -61,6 +83,7 @@ struct SimProc {
     vmid: u32,
     pid: u32,
     run_dir: PathBuf,
+    memory_bytes: u64,
     status: Mutex<VmStatus>,
     events: broadcast::Sender<VmEvent>,
     exit_tx: watch::Sender<Option<VmExit>>,
@@ -71,6 +94,7 @@ struct HostState {
     procs: BTreeMap<PathBuf, Arc<SimProc>>,
     next_pid: u32,
     fail_next_start: BTreeMap<u32, String>,
+    fail_next_migration: BTreeMap<u32, String>,
     ignore_acpi: BTreeSet<u32>,
     hung: BTreeSet<u32>,
 }
@@ -149,6 +173,11 @@ impl SimHost {
     /// The next start of `vmid` fails with `message` as QEMU's stderr.
     pub fn fail_next_start(&self, vmid: u32, message: impl Into<String>) {
         self.lock().fail_next_start.insert(vmid, message.into());
+    }
+
+    /// The next outgoing migration of `vmid` fails with `message` as QEMU's reason.
+    pub fn fail_next_migration(&self, vmid: u32, message: impl Into<String>) {
+        self.lock().fail_next_migration.insert(vmid, message.into());
     }
 
     fn is_hung(&self, vmid: u32) -> bool {
@@ -269,6 +298,7 @@ impl Hypervisor for SimHypervisor {
                 vmid,
                 pid,
                 run_dir: run_dir.to_path_buf(),
+                memory_bytes: spec.memory_mib.saturating_mul(1024 * 1024),
                 status: Mutex::new(status),
                 events,
                 exit_tx,
@@ -292,6 +322,39 @@ impl Hypervisor for SimHypervisor {
             .filter(|p| p.vmid == vmid)
             .cloned();
         Ok(found.map(|p| Box::new(self.vm(p)) as Box<dyn VmProcess>))
+    }
+
+    async fn start_incoming(
+        &self,
+        spec: &QemuSpec,
+        run_dir: &Path,
+        listen: &str,
+    ) -> Result<IncomingVm, HypervisorError> {
+        let vmid = spec.vmid;
+        let (host, port) = crate::migrate::parse_tcp_uri(listen)
+            .map_err(|source| HypervisorError::Migration { vmid, source })?;
+        let mut spec = spec.clone();
+        spec.start_paused = true;
+        let process = self.start(&spec, run_dir).await?;
+        let proc_ = self.host.lock().procs.get(run_dir).cloned();
+        let Some(proc_) = proc_ else {
+            return Err(HypervisorError::Exited { vmid });
+        };
+        *proc_.status.lock().unwrap_or_else(|p| p.into_inner()) = VmStatus::InMigrate;
+        let uri = {
+            let mut net = sim_net();
+            let port = if port == 0 {
+                let p = SIM_PORT_FIRST + net.next_port;
+                net.next_port = (net.next_port + 1) % 16_384;
+                p
+            } else {
+                u32::from(port)
+            };
+            let uri = format!("tcp:{host}:{port}");
+            net.listening.insert(uri.clone(), Arc::downgrade(&proc_));
+            uri
+        };
+        Ok(IncomingVm { process, uri })
     }
 }
 
@@ -335,6 +398,8 @@ impl SimVm {
 
     async fn wait_exit_for(&self, ms: u64) -> Option<VmExit> {
         tokio::select! {
+            // Biased: an exit at the deadline wins, the same way in every run of a seed.
+            biased;
             exit = self.wait_exit() => Some(exit),
             () = self.clock.sleep_ms(ms) => None,
         }
@@ -426,6 +491,69 @@ impl VmProcess for SimVm {
     async fn kill(&self) -> Result<VmExit, HypervisorError> {
         self.host.finish(&self.proc_, ExitCause::Killed);
         Ok(self.wait_exit().await)
+    }
+
+    async fn migrate(
+        &self,
+        uri: &str,
+        options: &MigrateOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<MigrationStats, HypervisorError> {
+        let vmid = self.handle.vmid;
+        let mig = |source| HypervisorError::Migration { vmid, source };
+        crate::migrate::check_source(vmid, uri, &self.status().await?)?;
+        let target = sim_net().listening.remove(uri).and_then(|w| w.upgrade());
+        let Some(target) = target.filter(|t| t.exit_tx.borrow().is_none()) else {
+            return Err(mig(MigrateError::Failed {
+                status: "failed".into(),
+                reason: format!("Failed to connect socket {uri}: Connection refused"),
+            }));
+        };
+        let total = self.proc_.memory_bytes;
+        progress(&MigrationProgress {
+            status: "active".into(),
+            total_bytes: total,
+            remaining_bytes: total,
+            ..MigrationProgress::default()
+        });
+        let duration_ms = SIM_MIGRATE_MS.min(options.timeout_ms);
+        self.clock.sleep_ms(duration_ms).await;
+        let failure = self.host.lock().fail_next_migration.remove(&vmid);
+        let failure = failure.or_else(|| {
+            (target.exit_tx.borrow().is_some()).then(|| "the target closed the connection".into())
+        });
+        if let Some(reason) = failure {
+            // The incoming side gives up and exits, as QEMU does.
+            self.host
+                .finish(&target, ExitCause::Other("migration-failed".into()));
+            let p = MigrationProgress {
+                status: "failed".into(),
+                error: Some(reason),
+                ..MigrationProgress::default()
+            };
+            progress(&p);
+            return crate::migrate::finish(&p).map_err(mig);
+        }
+        if options.timeout_ms < SIM_MIGRATE_MS {
+            self.host
+                .finish(&target, ExitCause::Other("migration-failed".into()));
+            return Err(mig(MigrateError::Timeout {
+                timeout_ms: options.timeout_ms,
+            }));
+        }
+        self.set_status(VmStatus::PostMigrate, VmEvent::Stopped);
+        *target.status.lock().unwrap_or_else(|p| p.into_inner()) = VmStatus::Paused;
+        let done = MigrationProgress {
+            status: "completed".into(),
+            transferred_bytes: total,
+            total_bytes: total,
+            total_time_ms: Some(duration_ms),
+            setup_time_ms: Some(1),
+            downtime_ms: Some(SIM_MIGRATE_DOWNTIME_MS),
+            ..MigrationProgress::default()
+        };
+        progress(&done);
+        crate::migrate::finish(&done).map_err(mig)
     }
 
     async fn wait_exit(&self) -> VmExit {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{next_event, run_dir, wait_ready};
 use gpve_hypervisor::{
-    ExitCause, Hypervisor, HypervisorError, Qemu, QemuSpec, SimConfig, SimHost, SimHypervisor,
-    TokioClock, VmEvent, VmProcess, VmStatus,
+    ExitCause, Hypervisor, HypervisorError, MigrateError, MigrateOptions, MigrationProgress, Qemu,
+    QemuSpec, SimConfig, SimHost, SimHypervisor, TokioClock, VmEvent, VmProcess, VmStatus,
 };
 
 const STOP_TIMEOUT_MS: u64 = 10_000;
@@ -135,6 +135,116 @@ async fn lifecycle(s: Subject, root: &Path) {
             .expect("adopt after stop")
             .is_none()
     );
+}
+
+/// Live migration to a paused incoming target, then a refused migration to nobody.
+async fn migration(s: Subject, root: &Path) {
+    let vmid = 4110;
+    let hv = (s.make)();
+    let spec = (s.spec)(vmid);
+    let source = hv.start(&spec, &root.join("src")).await.expect("start");
+    booted(&s, source.as_ref()).await;
+
+    // Nobody listens: the migration fails and the guest keeps running here.
+    let opts = MigrateOptions {
+        timeout_ms: 30_000,
+        ..MigrateOptions::default()
+    };
+    let err = source
+        .migrate("tcp:127.0.0.1:1", &opts, &|_| {})
+        .await
+        .expect_err("a migration to a closed port");
+    assert!(
+        matches!(err, HypervisorError::Migration { .. }),
+        "unexpected error {err}"
+    );
+    assert_eq!(source.status().await.expect("status"), VmStatus::Running);
+    assert!(matches!(
+        source.migrate("unix:/x", &opts, &|_| {}).await,
+        Err(HypervisorError::Migration {
+            source: MigrateError::Uri { .. },
+            ..
+        })
+    ));
+
+    let incoming = hv
+        .start_incoming(&spec, &root.join("dst"), "tcp:127.0.0.1:0")
+        .await
+        .expect("start incoming");
+    assert!(incoming.uri.starts_with("tcp:127.0.0.1:"));
+    assert!(
+        !incoming.uri.ends_with(":0"),
+        "{} names no port",
+        incoming.uri
+    );
+    assert_eq!(
+        incoming.process.status().await.expect("target status"),
+        VmStatus::InMigrate
+    );
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |p: &MigrationProgress| {
+        if let Ok(mut v) = seen.lock() {
+            v.push(p.status.clone());
+        }
+    };
+    let stats = source
+        .migrate(&incoming.uri, &opts, &record)
+        .await
+        .expect("migrate");
+    assert!(stats.total_time_ms > 0);
+    assert!(stats.transferred_bytes > 0);
+    assert!(
+        seen.lock()
+            .map(|v| v.last() == Some(&"completed".to_string()))
+            .unwrap_or(false)
+    );
+    assert_eq!(
+        source.status().await.expect("status"),
+        VmStatus::PostMigrate
+    );
+    let target = incoming.process;
+    assert_eq!(target.status().await.expect("status"), VmStatus::Paused);
+    target.resume().await.expect("resume the target");
+    assert_eq!(target.status().await.expect("status"), VmStatus::Running);
+    let exit = source.stop(STOP_TIMEOUT_MS).await.expect("quit the source");
+    assert_eq!(exit.cause, ExitCause::HostQuit);
+    assert_eq!(target.status().await.expect("status"), VmStatus::Running);
+    target.kill().await.expect("kill the target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_migration_real_qemu() {
+    let guest = common::guest();
+    let root = run_dir();
+    migration(
+        Subject {
+            make: Box::new(|| Box::new(Qemu::default())),
+            spec: Box::new(move |vmid| gpve_hypervisor::test_guest::spec(vmid, &guest)),
+            real_guest: true,
+        },
+        root.path(),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn contract_migration_sim() {
+    let host = SimHost::new();
+    migration(
+        Subject {
+            make: Box::new(move || {
+                Box::new(SimHypervisor::new(
+                    host.clone(),
+                    Arc::new(TokioClock),
+                    SimConfig::default(),
+                ))
+            }),
+            spec: Box::new(|vmid| QemuSpec::new(vmid, format!("sim{vmid}"))),
+            real_guest: false,
+        },
+        Path::new("/sim/run"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

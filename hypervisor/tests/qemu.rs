@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{BOOT_TIMEOUT_MS, next_event, run_dir, wait_ready};
-use gpve_hypervisor::test_guest::{self, READY_MARKER, SerialConsole};
+use common::{BOOT_TIMEOUT_MS, echo_roundtrip, next_event, run_dir, wait_ready};
+use gpve_hypervisor::test_guest::{self, READY_MARKER};
 use gpve_hypervisor::{
     DiskBus, DiskFormat, DiskSpec, ExitCause, Hypervisor, HypervisorError, Qemu, RunPaths, VmEvent,
     VmStatus,
@@ -14,25 +14,8 @@ use gpve_hypervisor::{
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const SERIAL_TIMEOUT_MS: u64 = 20_000;
-
 fn pid_of(raw: u32) -> Pid {
     Pid::from_raw(i32::try_from(raw).expect("pid fits in i32"))
-}
-
-async fn echo_roundtrip(serial_socket: &Path, n: u32) {
-    let mut console = SerialConsole::connect(serial_socket)
-        .await
-        .expect("connect to the serial console");
-    // The shell echoes what we type; only the evaluated result proves it ran.
-    console
-        .send_line(&format!("echo gpve-$(({n}+1))"))
-        .await
-        .expect("type into the serial console");
-    console
-        .wait_for(&format!("gpve-{}", n + 1), SERIAL_TIMEOUT_MS)
-        .await
-        .expect("the guest answers on its serial console");
 }
 
 fn ready_count(log: &Path) -> usize {

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::occ::{ReadSet, WriteSet};
 
 /// A transactional ordered key-value store. Keys and values are bytes; keys compare
 /// lexicographically.
@@ -12,6 +13,16 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Starts a transaction. Cheap: backends take their read snapshot lazily.
     async fn begin(&self) -> Result<Box<dyn BackendTxn>, StoreError>;
+    /// Validates a read set observed elsewhere (a remote client's transaction) against the
+    /// latest state by value and, if it still holds, applies `writes` atomically;
+    /// [`StoreError::Conflict`] otherwise. Backends that cannot serve remote clients refuse.
+    async fn commit_checked(&self, reads: ReadSet, writes: WriteSet) -> Result<(), StoreError> {
+        let _ = (reads, writes);
+        Err(StoreError::Unsupported {
+            backend: self.name(),
+            what: "validating a remote transaction",
+        })
+    }
 }
 
 /// One optimistic transaction: reads see a consistent snapshot plus this transaction's own

@@ -62,6 +62,17 @@ pub enum StoreError {
         /// End of the range.
         end: Key,
     },
+    /// The backend cannot do what was asked.
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// The operation.
+        what: &'static str,
+    },
+    /// The remote backend failed (see [`crate::remote::RemoteStoreError`]).
+    #[error("remote store failed")]
+    Remote(#[from] crate::remote::RemoteStoreError),
     /// The redb backend failed.
     #[error("redb backend failed")]
     Redb(#[from] crate::redb::RedbStoreError),
@@ -86,6 +97,7 @@ impl StoreError {
             StoreError::Conflict | StoreError::CommitUnknownResult => true,
             StoreError::Simulated(e) => e.is_retryable(),
             StoreError::Redb(e) => e.is_retryable(),
+            StoreError::Remote(e) => e.is_retryable(),
             #[cfg(feature = "fdb")]
             StoreError::Fdb(e) => e.is_retryable(),
             _ => false,

@@ -1,9 +1,11 @@
 //! Transactional ordered key-value store for gpve (issue 2).
 //!
-//! One object-safe trait ([`Backend`]/[`BackendTxn`]) with three implementations:
+//! One object-safe trait ([`Backend`]/[`BackendTxn`]) with four implementations:
 //! - [`Store::open_redb`]: embedded, durable (fsync before every acknowledgement), the default;
 //! - [`Store::simulated`]: in memory, deterministic, with injected faults ([`SimControl`]);
-//! - `Store::open_fdb` (cargo feature `fdb`): FoundationDB.
+//! - `Store::open_fdb` (cargo feature `fdb`): FoundationDB;
+//! - [`Store::remote`]: another process's store over a wire ([`remote`]; agents reach the
+//!   server's store this way), validated and applied there by [`Store::commit_checked`].
 //!
 //! Keys are FoundationDB tuples ([`Key::pack`]) so every backend shares one key layout.
 //! All work goes through [`Store::transact`], which runs a body in a serializable transaction
@@ -40,14 +42,16 @@ mod error;
 #[cfg(feature = "fdb")]
 pub mod fdb;
 mod key;
-pub(crate) mod occ;
+mod occ;
 pub mod redb;
+pub mod remote;
 pub mod simulated;
 mod txn;
 
 pub use backend::{Backend, BackendTxn};
 pub use error::StoreError;
 pub use key::{Key, KeyError, KeyRange, MAX_KEY_BYTES, MAX_VALUE_BYTES, TuplePack, TupleUnpack};
+pub use occ::{ReadRecord, ReadSet, Rows, WriteSet};
 pub use simulated::{SimControl, SimFaults, SimStats, UnknownResultMode};
 pub use txn::{RangeOptions, Txn};
 
@@ -167,6 +171,41 @@ impl Store {
         Ok(Store::from_backend(Arc::new(fdb::FdbBackend::open(
             cluster_file,
         )?)))
+    }
+
+    /// A store in another process, reached through `wire` (see [`remote`]).
+    pub fn remote(wire: Arc<dyn remote::RemoteWire>) -> Store {
+        Store::from_backend(Arc::new(remote::RemoteBackend::new(wire)))
+    }
+
+    /// Validates a transaction that a remote client ran (its read set, by value) against
+    /// the latest state and applies its writes atomically, or fails with
+    /// [`StoreError::Conflict`]. One attempt: the client retries its whole body.
+    pub async fn commit_checked(&self, reads: ReadSet, writes: WriteSet) -> Result<(), StoreError> {
+        self.backend.commit_checked(reads, writes).await
+    }
+
+    /// Reads the latest value of a raw key in one read-only transaction (for serving remote
+    /// reads).
+    pub async fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut txn = self.backend.begin().await?;
+        txn.get(key).await
+    }
+
+    /// Reads the latest pairs of a raw range in one read-only transaction (for serving
+    /// remote reads).
+    pub async fn get_range_raw(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<Rows, StoreError> {
+        if begin >= end || limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let mut txn = self.backend.begin().await?;
+        txn.get_range(begin, end, limit, reverse).await
     }
 
     /// Replaces the retry bounds.

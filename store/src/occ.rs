@@ -8,7 +8,12 @@
 //! [`StoreError::Conflict`] and [`crate::Store::transact`] retries. Value comparison (rather than
 //! version numbers) needs no in-memory commit log and tolerates a write that restored the old
 //! value, which does not break serializability. Read-only transactions commit without
-//! validation: a snapshot is already consistent.
+//! validation when the engine reads from snapshots (a snapshot is already consistent); an
+//! engine without snapshots (the remote backend, whose reads each see the server's latest
+//! state) has its read-only transactions validated too.
+//!
+//! [`ReadSet`] and [`WriteSet`] are public so a server can validate and apply a transaction
+//! that a remote client ran ([`crate::Store::commit_checked`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,12 +23,16 @@ use async_trait::async_trait;
 use crate::backend::BackendTxn;
 use crate::error::StoreError;
 
-pub(crate) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+/// Key-value pairs in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Snapshot reads and validated commits; implemented by each engine.
 #[async_trait]
 pub(crate) trait OccEngine: Send + Sync + 'static {
     type Snapshot: Send + Sync + 'static;
+    /// Whether reads of one transaction see one snapshot; when not, read-only transactions
+    /// are validated at commit as well.
+    const SNAPSHOT_READS: bool = true;
     async fn snapshot(&self) -> Result<Self::Snapshot, StoreError>;
     async fn snapshot_get(
         &self,
@@ -43,13 +52,15 @@ pub(crate) trait OccEngine: Send + Sync + 'static {
 }
 
 /// What a transaction observed from the engine (not what its own writes supplied).
-#[derive(Debug, Default)]
-pub(crate) struct ReadSet {
-    pub(crate) records: Vec<ReadRecord>,
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadSet {
+    pub records: Vec<ReadRecord>,
 }
 
-#[derive(Debug)]
-pub(crate) enum ReadRecord {
+/// One observation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadRecord {
+    /// A key and the value it had (`None`: absent).
     Key {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
@@ -65,7 +76,7 @@ pub(crate) enum ReadRecord {
 impl ReadSet {
     /// Whether every recorded read returns the same now. `get` and `range` read the latest
     /// state inside the engine's write transaction.
-    pub(crate) fn still_valid<E>(
+    pub fn still_valid<E>(
         &self,
         mut get: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, E>,
         mut range: impl FnMut(&[u8], &[u8]) -> Result<Rows, E>,
@@ -84,14 +95,17 @@ impl ReadSet {
 }
 
 /// Buffered writes: ranges cleared, then point writes (`None` = delete) on top.
-#[derive(Debug, Default)]
-pub(crate) struct WriteSet {
-    pub(crate) cleared: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(crate) points: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteSet {
+    /// `[begin, end)` ranges to clear, applied first.
+    pub cleared: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys to set (`Some`) or delete (`None`), applied after the clears.
+    pub points: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl WriteSet {
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
         self.cleared.is_empty() && self.points.is_empty()
     }
 
@@ -273,11 +287,43 @@ impl<E: OccEngine> BackendTxn for OccTxn<E> {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let this = *self;
-        if this.writes.is_empty() {
+        if this.writes.is_empty() && (E::SNAPSHOT_READS || this.reads.records.is_empty()) {
             return Ok(());
         }
         // Drop the snapshot first: it pins old versions the commit could otherwise reclaim.
         drop(this.snapshot);
         this.engine.commit(this.reads, this.writes).await
     }
+}
+
+/// Validates a transaction a remote client ran against `engine`'s latest state and applies
+/// its writes (one atomic step); a read-only one is validated against one fresh snapshot,
+/// which orders it at that snapshot without a write transaction (no fsync).
+pub(crate) async fn commit_checked<E: OccEngine>(
+    engine: &E,
+    reads: ReadSet,
+    writes: WriteSet,
+) -> Result<(), StoreError> {
+    if !writes.is_empty() {
+        return engine.commit(reads, writes).await;
+    }
+    if reads.records.is_empty() {
+        return Ok(());
+    }
+    let snap = engine.snapshot().await?;
+    for record in &reads.records {
+        let same = match record {
+            ReadRecord::Key { key, value } => engine.snapshot_get(&snap, key).await? == *value,
+            ReadRecord::Range { begin, end, rows } => {
+                engine
+                    .snapshot_range(&snap, begin, end, None, false)
+                    .await?
+                    == *rows
+            }
+        };
+        if !same {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok(())
 }

@@ -119,6 +119,10 @@ impl Backend for RedbBackend {
     async fn begin(&self) -> Result<Box<dyn BackendTxn>, StoreError> {
         Ok(Box::new(OccTxn::new(Arc::clone(&self.engine))))
     }
+
+    async fn commit_checked(&self, reads: ReadSet, writes: WriteSet) -> Result<(), StoreError> {
+        crate::occ::commit_checked(self.engine.as_ref(), reads, writes).await
+    }
 }
 
 /// Transactions that one redb write transaction (one fsync) commits together at most.

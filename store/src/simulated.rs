@@ -26,13 +26,17 @@ pub enum SimError {
     /// A commit failure injected through [`SimFaults`] or [`SimControl`]; nothing was applied.
     #[error("injected commit failure: nothing was applied")]
     InjectedCommitFailure,
+    /// The simulation cut this client off the store (a network partition); nothing read or
+    /// written.
+    #[error("the store is unreachable from here (simulated partition)")]
+    Unreachable,
 }
 
 impl SimError {
     /// Injected failures model transient faults, so they are retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SimError::InjectedCommitFailure => true,
+            SimError::InjectedCommitFailure | SimError::Unreachable => true,
         }
     }
 }
@@ -383,6 +387,10 @@ impl Backend for SimBackend {
 
     async fn begin(&self) -> Result<Box<dyn BackendTxn>, StoreError> {
         Ok(Box::new(OccTxn::new(Arc::clone(&self.engine))))
+    }
+
+    async fn commit_checked(&self, reads: ReadSet, writes: WriteSet) -> Result<(), StoreError> {
+        crate::occ::commit_checked(self.engine.as_ref(), reads, writes).await
     }
 }
 

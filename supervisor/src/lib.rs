@@ -68,7 +68,10 @@ mod restart;
 mod spec;
 mod supervisor;
 
-pub use clock::{Clock, SharedClock, TokioClock};
+pub use clock::{
+    Clock, SharedClock, TokioClock, install_process_clock, install_process_seed, seeded_u64,
+    wall_now_ms, wall_now_s,
+};
 pub use directory::{
     ActorSnapshot, ActorState, ActorStats, ActorTreeNode, Directory, DirectoryEvent,
     DirectorySendError, EVENT_CAPACITY, EventKind, RECENT_RESTARTS_LEN, RestartRecord,

@@ -163,6 +163,7 @@ impl pb::node_server::Node for NodeSvc {
                 peer,
                 Heartbeat {
                     seq: r.seq,
+                    api_endpoint: r.api_endpoint,
                     load: NodeLoad {
                         cpu: load.cpu,
                         maxcpu: load.maxcpu,
@@ -234,6 +235,11 @@ pub async fn serve(
         }
     });
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let store = service.store().map(|store| {
+        pb::store_server::StoreServer::new(crate::store::StoreSvc::new(store))
+            .max_decoding_message_size(crate::store::MAX_STORE_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::store::MAX_STORE_MESSAGE_BYTES)
+    });
     let result = tonic::transport::Server::builder()
         .add_service(
             pb::join_server::JoinServer::new(JoinSvc(service.clone()))
@@ -243,6 +249,7 @@ pub async fn serve(
             pb::node_server::NodeServer::new(NodeSvc(service))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_optional_service(store)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     accept.abort();
@@ -253,7 +260,7 @@ pub async fn serve(
 // client
 
 /// Every cause of an error on one line (tonic's own message is just "transport error").
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -267,7 +274,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn link_error(status: Status) -> LinkError {
+pub(crate) fn link_error(status: Status) -> LinkError {
     let msg = status.message().to_string();
     match status.code() {
         Code::PermissionDenied => LinkError::Refused(msg),
@@ -294,10 +301,13 @@ impl Default for GrpcTransport {
 }
 
 impl GrpcTransport {
-    async fn channel(
+    /// A channel to `endpoint` over TLS with `tls`; `lazy` connects at the first call
+    /// (and reconnects after failures either way).
+    pub(crate) async fn channel_with(
         &self,
         endpoint: &str,
         tls: Arc<rustls::ClientConfig>,
+        lazy: bool,
     ) -> Result<tonic::transport::Channel, LinkError> {
         let connect_err = |reason: String| LinkError::Connect {
             endpoint: endpoint.to_string(),
@@ -326,6 +336,9 @@ impl GrpcTransport {
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
         });
+        if lazy {
+            return Ok(ep.connect_with_connector_lazy(connector));
+        }
         ep.connect_with_connector(connector)
             .await
             .map_err(|e| connect_err(chain(&e)))
@@ -342,7 +355,7 @@ impl Transport for GrpcTransport {
     ) -> Result<JoinGrant, LinkError> {
         let tls = crate::tls::join_client_config(ca_fingerprint)
             .map_err(|e| LinkError::Credentials(chain(&e)))?;
-        let channel = self.channel(endpoint, tls).await?;
+        let channel = self.channel_with(endpoint, tls, false).await?;
         let mut client =
             pb::join_client::JoinClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let reply = client
@@ -370,7 +383,7 @@ impl Transport for GrpcTransport {
     ) -> Result<Arc<dyn NodeLink>, LinkError> {
         let tls =
             crate::tls::node_client_config(creds).map_err(|e| LinkError::Credentials(chain(&e)))?;
-        let channel = self.channel(endpoint, tls).await?;
+        let channel = self.channel_with(endpoint, tls, false).await?;
         Ok(Arc::new(GrpcLink {
             client: pb::node_client::NodeClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -391,6 +404,7 @@ impl NodeLink for GrpcLink {
         let reply = client
             .heartbeat(pb::HeartbeatRequest {
                 seq: hb.seq,
+                api_endpoint: hb.api_endpoint,
                 status: Some(pb::NodeStatus {
                     cpu: hb.load.cpu,
                     maxcpu: hb.load.maxcpu,

@@ -5,6 +5,8 @@
 //! - [`tls`]: rustls configurations: the join client pins the CA by fingerprint (no
 //!   trust-on-first-use), node sessions are mutual TLS with CA-signed certificates;
 //! - [`grpc`]: the real transport, tonic/prost over those TLS streams (`Join`, `Node`);
+//! - [`store`]: the server's store for agents: the gRPC `Store` service and the client
+//!   wire of `gpve_store`'s remote backend;
 //! - [`mem`]: an in-memory transport with the same contract, for the simulation.
 //!
 //! The seam: the server implements [`ClusterService`] (what to do with a join or a
@@ -16,6 +18,7 @@
 pub mod grpc;
 pub mod mem;
 pub mod pki;
+pub mod store;
 pub mod tls;
 pub mod token;
 
@@ -63,6 +66,9 @@ pub struct Heartbeat {
     /// Increases by one per heartbeat of an agent process (for logs and tests).
     pub seq: u64,
     pub load: NodeLoad,
+    /// `host:port` of the agent's API listener, where the server forwards API calls for
+    /// this node; empty: the agent serves none.
+    pub api_endpoint: String,
 }
 
 /// The server's answer: the renewed lease.
@@ -155,6 +161,10 @@ pub trait ClusterService: Send + Sync + 'static {
         peer: PeerIdentity,
         hb: Heartbeat,
     ) -> Result<HeartbeatAck, ServiceError>;
+    /// The store agents reach through the `Store` service; `None` serves no store.
+    fn store(&self) -> Option<gpve_store::Store> {
+        None
+    }
 }
 
 /// An agent's way to the server.

@@ -185,14 +185,35 @@ impl ClusterCa {
         ))
     }
 
-    /// Sign a node's CSR as `node` (`clientAuth` only). Whatever subject and extensions
-    /// the CSR asks for are replaced: the CA decides the identity.
-    pub fn sign_node_csr(&self, csr_pem: &str, node: &str) -> Result<String, PkiError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Csr)?;
+    /// The server's client certificate for forwarding API calls to agents (`clientAuth`,
+    /// common name [`crate::tls::PROXY_CLIENT_NAME`], which no node can be named since node
+    /// names have no dots); returns the certificate and key in PEM.
+    pub fn issue_proxy_client(&self) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(node);
+        params.distinguished_name = dn(crate::tls::PROXY_CLIENT_NAME);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, LEAF_VALIDITY_YEARS);
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Sign a node's CSR as `node`: `clientAuth` (its sessions to the server) and
+    /// `serverAuth` for [`crate::tls::node_server_name`] (its API listener, which the
+    /// server forwards to). Whatever subject and extensions the CSR asks for are replaced:
+    /// the CA decides the identity.
+    pub fn sign_node_csr(&self, csr_pem: &str, node: &str) -> Result<String, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Csr)?;
+        let mut params = CertificateParams::new(vec![crate::tls::node_server_name(node)])?;
+        params.distinguished_name = dn(node);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, LEAF_VALIDITY_YEARS);

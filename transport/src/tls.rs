@@ -7,17 +7,24 @@
 //!   the pinned fingerprint and the server certificate verifies against that CA;
 //! - the node client: trusts only the cluster CA and presents the node certificate.
 //!
+//! Two more for API forwarding (pveproxy style): an agent's API listener presents its node
+//! certificate as `{node}.nodes.gpve-cluster` and accepts only clients whose certificate
+//! the CA signed for [`PROXY_CLIENT_NAME`] (the server); the server's forwarding client
+//! presents that certificate and trusts only the CA. Both speak HTTP/1.1.
+//!
 //! Clients always ask for [`SERVER_NAME`], whatever host they dial: the CA is private, so
 //! the name only has to tell server certificates from node certificates.
 
 use std::sync::Arc;
 
+use rustls::DistinguishedName;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use thiserror::Error;
 
@@ -26,6 +33,15 @@ use crate::{NodeCredentials, PeerIdentity};
 
 /// The name every server certificate carries and every client asks for.
 pub const SERVER_NAME: &str = "server.gpve-cluster";
+
+/// Common name of the server's forwarding client certificate. Node names cannot contain a
+/// dot, so no node certificate can carry it.
+pub const PROXY_CLIENT_NAME: &str = "gpve-server.proxy";
+
+/// The DNS name a node's certificate serves its API under.
+pub fn node_server_name(node: &str) -> String {
+    format!("{node}.nodes.gpve-cluster")
+}
 
 /// Failures building a TLS configuration or checking a certificate.
 #[derive(Debug, Error)]
@@ -200,4 +216,129 @@ pub fn verify_node_cert(ca_pem: &str, cert_pem: &str) -> Result<PeerIdentity, Tl
         .verify_client_cert(&certs[0], &certs[1..], UnixTime::now())
         .map_err(|e| TlsError::NotTrusted(e.to_string()))?;
     peer_identity(&certs).ok_or_else(|| TlsError::NotTrusted("no common name".into()))
+}
+
+const HTTP1: &[u8] = b"http/1.1";
+
+/// Accepts only the server's forwarding certificate: signed by the cluster CA and named
+/// [`PROXY_CLIENT_NAME`].
+#[derive(Debug)]
+struct ProxyClientOnly {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for ProxyClientOnly {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match common_name(end_entity) {
+            Ok(cn) if cn == PROXY_CLIENT_NAME => Ok(verified),
+            _ => Err(rustls::Error::General(
+                "only the server may call a node's API".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// An agent's API listener: presents the node certificate, admits only the server's
+/// forwarding client (mutual TLS), HTTP/1.1.
+pub fn node_api_server_config(creds: &NodeCredentials) -> Result<Arc<ServerConfig>, TlsError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_pem)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(ProxyClientOnly { inner }))
+        .with_single_cert(certs_from_pem(&creds.cert_pem)?, key(&creds.key_pem)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![HTTP1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The server's forwarding client: trusts only the cluster CA, presents the certificate
+/// from [`crate::pki::ClusterCa::issue_proxy_client`], HTTP/1.1. Dial a node as
+/// [`node_server_name`].
+pub fn proxy_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(certs_from_pem(cert_pem)?, key(key_pem)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![HTTP1.to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod api_tls_tests {
+    use super::*;
+    use crate::pki::{ClusterCa, node_key_and_csr};
+
+    #[test]
+    fn node_certificates_serve_the_api_and_only_the_proxy_client_is_admitted() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let (key_pem, csr) = node_key_and_csr("n1").expect("csr");
+        let cert_pem = ca.sign_node_csr(&csr, "n1").expect("sign");
+        let creds = NodeCredentials {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert_pem.clone(),
+            key_pem,
+        };
+        node_api_server_config(&creds).expect("a node certificate can serve");
+        let (pc, pk) = ca.issue_proxy_client().expect("proxy cert");
+        proxy_client_config(&ca.cert_pem, &pc, &pk).expect("proxy client");
+        let inner = WebPkiClientVerifier::builder_with_provider(
+            roots(&ca.cert_pem).expect("roots"),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let v = ProxyClientOnly { inner };
+        let proxy = certs_from_pem(&pc).expect("pem");
+        v.verify_client_cert(&proxy[0], &[], UnixTime::now())
+            .expect("the proxy certificate is admitted");
+        let node = certs_from_pem(&cert_pem).expect("pem");
+        assert!(
+            v.verify_client_cert(&node[0], &[], UnixTime::now())
+                .is_err(),
+            "a node certificate is refused"
+        );
+    }
 }

@@ -28,6 +28,12 @@ pub use upid::{Upid, UpidError};
 pub const EXIT_UNEXPECTED: &str = "unexpected status";
 /// Exit status of a task stopped through `DELETE /nodes/{node}/tasks/{upid}`.
 pub const EXIT_INTERRUPTED: &str = "interrupted by signal";
+/// How long a finished task keeps trying to persist its end while the store fails (a
+/// partition, an outage): a record left `running` would never end otherwise (found by the
+/// simulation, seed 2). Past this bound the next start's [`TaskManager::recover`] ends it.
+pub const FINISH_PERSIST_BOUND_MS: u64 = 600_000;
+/// Longest pause between two attempts to persist a task's end.
+pub const FINISH_RETRY_MAX_MS: u64 = 5_000;
 /// Longest log line kept, in bytes; longer lines are cut (the store bounds values too).
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
 
@@ -193,10 +199,7 @@ fn process_start_ticks() -> u64 {
 }
 
 fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    gpve_supervisor::wall_now_s()
 }
 
 impl TaskManager {
@@ -314,6 +317,9 @@ impl TaskManager {
                 let next_line = ctx.next_line.clone();
                 let run = body(ctx);
                 let result = tokio::select! {
+                    // Biased: a body that finishes as the cancel arrives keeps its result,
+                    // and the choice never depends on tokio's per-process RNG.
+                    biased;
                     r = run => r,
                     _ = cancel_rx.wait_for(|stop| *stop) => Err(EXIT_INTERRUPTED.to_string()),
                 };
@@ -347,18 +353,38 @@ impl TaskManager {
         let n = next_line.fetch_add(1, Ordering::SeqCst) as u64;
         let upid = record.upid.clone();
         let rec = record.clone();
-        let outcome = self
-            .inner
-            .store
-            .transact(|tx| {
-                let line_key = Key::pack(&(TASKLOG, upid.as_str(), n));
-                let rec_key = Key::pack(&(TASKS, upid.as_str()));
-                let res = tx
-                    .put_json(&line_key, &last_line)
-                    .and_then(|()| tx.put_json(&rec_key, &rec));
-                Box::pin(async move { res })
-            })
-            .await;
+        let started = tokio::time::Instant::now();
+        let mut pause_ms = 100;
+        let outcome = loop {
+            let outcome = self
+                .inner
+                .store
+                .transact(|tx| {
+                    let line_key = Key::pack(&(TASKLOG, upid.as_str(), n));
+                    let rec_key = Key::pack(&(TASKS, upid.as_str()));
+                    let res = tx
+                        .put_json(&line_key, &last_line)
+                        .and_then(|()| tx.put_json(&rec_key, &rec));
+                    Box::pin(async move { res })
+                })
+                .await;
+            match outcome {
+                Err(e)
+                    if e.is_retryable()
+                        || matches!(e, gpve_store::StoreError::RetriesExhausted { .. }) =>
+                {
+                    if started.elapsed()
+                        >= std::time::Duration::from_millis(FINISH_PERSIST_BOUND_MS)
+                    {
+                        break Err(e);
+                    }
+                    tracing::warn!(error = %e, "persisting the end of a task failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                    pause_ms = (pause_ms * 2).min(FINISH_RETRY_MAX_MS);
+                }
+                other => break other,
+            }
+        };
         if let Err(e) = outcome {
             tracing::error!(error = %e, "persisting the end of a task failed");
         } else {

@@ -55,6 +55,10 @@ pub enum VmError {
     Unavailable(String),
     #[error("the NICs of VM {vmid} could not be plugged: {message}")]
     Network { vmid: u32, message: String },
+    #[error(transparent)]
+    Migration(#[from] super::migrate::MigrationError),
+    #[error("VM {vmid} is placed on node {node} now; this node does not start a stale copy")]
+    PlacedElsewhere { vmid: u32, node: String },
 }
 
 impl VmError {
@@ -138,6 +142,8 @@ pub enum VmOp {
         format: Option<VolumeFormat>,
         delete: bool,
     },
+    /// Hand the VM to another node, live when it runs (see [`super::migrate`]).
+    Migrate(super::migrate::MigrateRequest),
 }
 
 impl VmOp {
@@ -167,6 +173,7 @@ impl VmOp {
             VmOp::Clone { .. } => Command::Clone,
             // Any phase: the disk work decides (and names) what a running VM cannot do.
             VmOp::Resize { .. } | VmOp::MoveDisk { .. } => Command::UpdateConfig,
+            VmOp::Migrate(req) => Command::Migrate { online: req.online },
         }
     }
 }
@@ -191,14 +198,14 @@ pub struct VmActor {
 
 /// State of one incarnation.
 pub struct VmActorState {
-    sm: VmState,
-    process: Option<Arc<dyn VmProcess>>,
+    pub(super) sm: VmState,
+    pub(super) process: Option<Arc<dyn VmProcess>>,
     watcher: Option<JoinHandle<()>>,
     span: tracing::Span,
 }
 
 impl VmActorState {
-    fn drop_process(&mut self) {
+    pub(super) fn drop_process(&mut self) {
         if let Some(w) = self.watcher.take() {
             w.abort();
         }
@@ -217,10 +224,7 @@ impl Drop for VmActorState {
 }
 
 fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    gpve_supervisor::wall_now_s()
 }
 
 /// Forwards the exit of `process` to the actor; holds only an event receiver so dropping
@@ -352,7 +356,7 @@ impl VmActor {
 }
 
 /// NIC configuration problems are the caller's (400 on `netN`); the rest are the host's.
-fn nic_error(vmid: u32) -> impl Fn(crate::network::NicsError) -> VmError {
+pub(super) fn nic_error(vmid: u32) -> impl Fn(crate::network::NicsError) -> VmError {
     move |e| match e {
         crate::network::NicsError::Config { key, reason } => {
             VmError::Config(ConfigErrors::one(&key, reason))
@@ -584,50 +588,20 @@ impl VmActor {
         Ok(())
     }
 
-    /// Where QEMU opens each of the VM's drive volumes.
-    async fn volume_paths(
-        &self,
-        config: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, (PathBuf, DiskFormat)>, VmError> {
-        let mut out = BTreeMap::new();
-        for (key, volid) in config::drive_volumes(config) {
-            let id: VolumeId = volid
-                .parse()
-                .map_err(|e| ConfigErrors::one(&key, format!("{e}")))?;
-            let loc = self
-                .host
-                .storage
-                .volume(&id, false, |reply| VolumeMsg::Location { reply })
-                .await?;
-            let (VolumeLocation::File(path) | VolumeLocation::Block(path)) = loc else {
-                return Err(
-                    ConfigErrors::one(&key, "network volumes are not supported yet").into(),
-                );
-            };
-            let format = match id.format_from_name() {
-                Some(VolumeFormat::Qcow2) => DiskFormat::Qcow2,
-                _ => DiskFormat::Raw,
-            };
-            out.insert(volid, (path, format));
-        }
-        Ok(out)
-    }
-
     async fn spawn(&self, myself: &ActorRef<VmMsg>, st: &mut VmActorState) -> Result<(), VmError> {
         let vmid = Self::vmid(st);
         let entry = load_entry(&self.host.store, vmid)
             .await?
             .ok_or(VmError::NotFound(vmid))?;
-        let paths = self.volume_paths(&entry.config).await?;
-        let mut spec = config::to_qemu_spec(vmid, &entry.config, &paths)?;
-        // Taps exist, plugged and firewalled, before QEMU opens them.
-        let plugs = crate::network::nic_plugs(&entry.config).map_err(nic_error(vmid))?;
-        crate::network::nics::attach_taps(&mut spec, &plugs).map_err(nic_error(vmid))?;
-        self.host
-            .network
-            .plug(vmid, &plugs)
-            .await
-            .map_err(nic_error(vmid))?;
+        // The record is the placement authority: after HA or a migration moved the VM, an
+        // actor left behind here must never start a second copy (the fencing rule).
+        if entry.record.node != self.host.node {
+            return Err(VmError::PlacedElsewhere {
+                vmid,
+                node: entry.record.node,
+            });
+        }
+        let spec = prepare_spec(&self.host, vmid, &entry.config).await?;
         let run_dir = self.host.run_dir(vmid);
         let p = match self.host.hypervisor.start(&spec, &run_dir).await {
             Ok(p) => p,
@@ -784,6 +758,7 @@ impl VmActor {
                 self.move_disk(vmid, running, disk, storage, *format, *delete)
                     .await
             }
+            VmOp::Migrate(req) => self.migrate_out(st, req).await,
             VmOp::Template => {
                 update_entry(&self.host.store, vmid, |e| {
                     e.config.insert("template".into(), "1".into());
@@ -1084,6 +1059,50 @@ impl VmActor {
             None => Ok(format!("VM {vmid}: rolled back to snapshot '{name}'")),
         }
     }
+}
+
+/// Where QEMU opens each of the VM's drive volumes.
+async fn volume_paths(
+    host: &VmHost,
+    config: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, (PathBuf, DiskFormat)>, VmError> {
+    let mut out = BTreeMap::new();
+    for (key, volid) in config::drive_volumes(config) {
+        let id: VolumeId = volid
+            .parse()
+            .map_err(|e| ConfigErrors::one(&key, format!("{e}")))?;
+        let loc = host
+            .storage
+            .volume(&id, false, |reply| VolumeMsg::Location { reply })
+            .await?;
+        let (VolumeLocation::File(path) | VolumeLocation::Block(path)) = loc else {
+            return Err(ConfigErrors::one(&key, "network volumes are not supported yet").into());
+        };
+        let format = match id.format_from_name() {
+            Some(VolumeFormat::Qcow2) => DiskFormat::Qcow2,
+            _ => DiskFormat::Raw,
+        };
+        out.insert(volid, (path, format));
+    }
+    Ok(out)
+}
+
+/// The QEMU spec of `config` on this node, with its taps plugged (unplug on failure).
+pub(super) async fn prepare_spec(
+    host: &VmHost,
+    vmid: u32,
+    config: &BTreeMap<String, String>,
+) -> Result<gpve_hypervisor::QemuSpec, VmError> {
+    let paths = volume_paths(host, config).await?;
+    let mut spec = config::to_qemu_spec(vmid, config, &paths)?;
+    // Taps exist, plugged and firewalled, before QEMU opens them.
+    let plugs = crate::network::nic_plugs(config).map_err(nic_error(vmid))?;
+    crate::network::nics::attach_taps(&mut spec, &plugs).map_err(nic_error(vmid))?;
+    host.network
+        .plug(vmid, &plugs)
+        .await
+        .map_err(nic_error(vmid))?;
+    Ok(spec)
 }
 
 /// Store subspace holding a VM's entry while a rollback has released its volumes.

@@ -557,10 +557,7 @@ impl VmActor {
             }
             // Unused disks stay with the source; NICs get new addresses.
             cfg.retain(|k, _| !matches!(config::key_kind(k), Some(config::KeyKind::Unused(_))));
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let seed = gpve_supervisor::seeded_u64();
             for (k, v) in cfg.clone() {
                 if let Some(config::KeyKind::Net(_)) = config::key_kind(&k)
                     && let Ok(mut net) = config::parse_net(&v)

@@ -14,6 +14,7 @@
 pub mod actor;
 pub mod config;
 pub mod disks;
+pub mod migrate;
 pub mod ops;
 pub mod state;
 #[cfg(test)]
@@ -115,6 +116,10 @@ pub struct VmEntry {
     /// The snapshot the current state derives from.
     #[serde(default)]
     pub parent_snapshot: Option<String>,
+    /// Placement generation (fencing token): bumped whenever `record.node` changes
+    /// (migration, HA relocation), in the same transaction.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl VmEntry {
@@ -145,6 +150,7 @@ impl VmEntry {
             lock: None,
             snapshots: BTreeMap::new(),
             parent_snapshot: None,
+            generation: 0,
         };
         e.refresh_summary();
         e
@@ -371,11 +377,30 @@ pub fn supervisor_child(host: VmHost) -> ChildSpec {
                     .strategy(Strategy::OneForOne)
                     .intensity(VM_MAX_RESTARTS, VM_RESTART_WINDOW_MS)
                     .backoff(200, 5_000)
-                    // One crash-looping VM must not take the node's other VMs down. HA will
-                    // relocate it; until then it is left stopped and logged.
-                    .escalation(EscalationPolicy::hook(|e| {
-                        tracing::error!(vm = %e.child, reason = %e.reason, restarts = e.restarts,
-                        "VM keeps failing; restart intensity exceeded, left stopped");
+                    // One crash-looping VM must not take the node's other VMs down: it is
+                    // left stopped and reported to the HA manager, which restarts or
+                    // relocates it if it is an HA resource.
+                    .escalation(EscalationPolicy::hook({
+                        let host = host.clone();
+                        move |e| {
+                            tracing::error!(vm = %e.child, reason = %e.reason, restarts = e.restarts,
+                                "VM keeps failing; restart intensity exceeded, left stopped");
+                            let Some(vmid) = e.child.strip_prefix("vm:").and_then(|v| v.parse().ok())
+                            else {
+                                return;
+                            };
+                            let root = host.supervisor_path.split('/').next().unwrap_or_default();
+                            crate::ha::report_vm_failure(
+                                host.store.clone(),
+                                host.directory.clone(),
+                                root.to_string(),
+                                crate::ha::VmFailure {
+                                    vmid,
+                                    node: host.node.clone(),
+                                    reason: e.reason,
+                                },
+                            );
+                        }
                     }));
                 for e in entries.iter().filter(|e| e.record.node == host.node) {
                     spec = spec.child(vm_child(host.clone(), e.record.vmid));

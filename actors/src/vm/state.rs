@@ -102,6 +102,11 @@ pub enum Command {
     Clone,
     /// Stopped: turn the VM into a template.
     Template,
+    /// Hand the VM to another node (see [`super::migrate`]): Running | Paused with
+    /// `online` (live migration), Stopped either way (the configuration moves; Proxmox
+    /// also migrates a stopped VM offline when asked for online). On success this actor
+    /// no longer owns the VM: Deleted, as far as it is concerned.
+    Migrate { online: bool },
 }
 
 impl Command {
@@ -119,6 +124,8 @@ impl Command {
             Command::Snapshot => "snapshot",
             Command::Clone => "clone",
             Command::Template => "convert to a template",
+            Command::Migrate { online: true } => "migrate",
+            Command::Migrate { online: false } => "migrate offline (without 'online')",
         }
     }
 }
@@ -286,6 +293,8 @@ pub fn command(s: &VmState, cmd: &Command) -> Result<Transition, StateError> {
             vmid: s.vmid,
             action: cmd.name(),
         }),
+        (Running | Paused, Command::Migrate { online: true })
+        | (Stopped, Command::Migrate { .. }) => Ok(to(s, Deleted, s.desired, vec![Effect::Work])),
         _ => Err(illegal(s, cmd)),
     }
 }
@@ -374,6 +383,27 @@ mod tests {
         timeout_ms: 1000,
         force_stop: true,
     };
+
+    #[test]
+    fn migration_hands_the_vm_over() {
+        let online = Command::Migrate { online: true };
+        let offline = Command::Migrate { online: false };
+        for (phase, cmd) in [
+            (Phase::Running, &online),
+            (Phase::Paused, &online),
+            (Phase::Stopped, &online),
+            (Phase::Stopped, &offline),
+        ] {
+            let t = command(&st(phase), cmd).unwrap();
+            // Once handed over, this actor refuses everything.
+            assert_eq!(t.next.phase, Phase::Deleted);
+            assert_eq!(t.next.desired, st(phase).desired);
+            assert_eq!(t.effects, vec![Effect::Work]);
+        }
+        let err = command(&st(Phase::Running), &offline).unwrap_err();
+        assert!(err.to_string().contains("without 'online'"), "{err}");
+        assert!(command(&st(Phase::Deleted), &online).is_err());
+    }
 
     #[test]
     fn start_stop_cycle() {

@@ -1,11 +1,26 @@
 //! `gpve-agent`: a compute node that joined a server.
 //!
+//! `gpve-agent run` ([`start_node`]) runs the same node tree as the server's in-process
+//! node ([`crate::tree::node_children`]) against the server's store, reached over the
+//! mutual-TLS gRPC session ([`gpve_transport::store`]), and serves the API the server
+//! forwards to it ([`crate::forward`]):
+//!
 //! ```text
-//! gpve-agent             one-for-one, 5 restarts in 60 s, then the process exits
-//! ├── node:{name}        the node actor (host status, as on the server)
-//! └── transport          the session to the server: heartbeats every 1 s, reconnects
-//!                        after any outage with exponential backoff (capped), logged
+//! gpve-server            (the root of every node process has this name: handlers find
+//! │                       actors under it) one-for-one, 5 restarts in 60 s, then exit
+//! ├── node:{name}        the node actor (host status)
+//! ├── storage            storage actors of the storages enabled on this node
+//! ├── network            bridges, taps, firewall of this node's VMs
+//! ├── qemu               vm:{vmid} for every VM record on this node (re-adopts QEMU)
+//! ├── usage-sampler      node and VM usage
+//! ├── api                HTTPS listener for forwarded calls (only the server's proxy
+//! │                      certificate is admitted; identity from the server)
+//! └── transport          the session to the server: heartbeats every 1 s (with the API
+//!                        address), reconnects after any outage with exponential backoff
 //! ```
+//!
+//! [`start`] runs only `node:{name}` and `transport` (any [`Transport`], such as the
+//! in-memory one); the node tree needs the gRPC store.
 //!
 //! The data directory of an agent:
 //!
@@ -16,15 +31,23 @@
 //! DIR/key.pem      its private key (0600), generated here: it never left the node
 //! ```
 //!
-//! Not here yet: VM, storage and network actors on the agent, the fence watchdog
-//! (self-fencing at the lease deadline), `ractor_cluster` over the session.
+//! Not here: `ractor_cluster` over the session (the server forwards HTTP instead, like
+//! pveproxy).
 
+pub mod fence;
 pub mod session;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use gpve_actors::task::TaskManager;
+use gpve_transport::grpc::GrpcTransport;
+
+use crate::auth::TicketKey;
+use crate::state::{ApiConfig, AppState};
 
 use gpve_actors::node::NodeActor;
 use gpve_supervisor::{
@@ -67,6 +90,10 @@ pub enum AgentError {
     Pki(#[from] gpve_transport::pki::PkiError),
     #[error("starting the supervision tree failed")]
     Tree(#[source] gpve_supervisor::SupervisorError),
+    #[error("reaching the server's store failed")]
+    Store(#[source] LinkError),
+    #[error("the node's API TLS configuration is unusable")]
+    ApiTls(#[source] gpve_transport::tls::TlsError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -85,6 +112,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub cluster_name: Option<String>,
     pub joined_at_s: i64,
+    /// Where `gpve-agent run` serves the forwarded API unless `--listen` says otherwise.
+    #[serde(default)]
+    pub api_listen: Option<String>,
 }
 
 /// An agent's data directory.
@@ -120,6 +150,17 @@ impl AgentDir {
     fn read(&self, name: &str) -> Result<String, AgentError> {
         let path = self.file(name);
         std::fs::read_to_string(&path).map_err(io(&path))
+    }
+
+    /// Record where `run` serves the forwarded API by default (`join --listen`).
+    pub fn save_api_listen(&self, listen: &str) -> Result<(), AgentError> {
+        let (mut config, _) = self.load()?;
+        config.api_listen = Some(listen.to_string());
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| AgentError::Corrupt {
+            path: self.config(),
+            reason: e.to_string(),
+        })?;
+        self.write("agent.json", &json, 0o644)
     }
 
     /// The configuration and credentials of a joined agent.
@@ -195,6 +236,7 @@ pub async fn join(transport: &dyn Transport, opts: JoinOptions) -> Result<AgentC
         },
         cluster_name: grant.cluster_name,
         joined_at_s: crate::state::now_s(),
+        api_listen: None,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(|e| AgentError::Corrupt {
         path: dir.config(),
@@ -237,6 +279,24 @@ impl std::fmt::Debug for RunningAgent {
     }
 }
 
+/// The `transport` child: the session to the server.
+fn session_child(session: SessionArgs) -> ChildSpec {
+    ChildSpec::actor(
+        "transport",
+        "transport",
+        RestartPolicy::Permanent,
+        move |ctx| {
+            (
+                SessionActor {
+                    stats: ctx.stats.clone(),
+                    directory: ctx.directory.clone(),
+                },
+                session.clone(),
+            )
+        },
+    )
+}
+
 /// Start the agent's tree from a joined data directory.
 pub async fn start(
     data_dir: &Path,
@@ -254,6 +314,8 @@ pub async fn start(
         node: node.clone(),
         node_path,
         timing,
+        api_listen: None,
+        api_advertise: None,
     };
     let spec = SupervisorSpec::new(AGENT_ROOT)
         .kind("agent")
@@ -273,20 +335,7 @@ pub async fn start(
                 )
             },
         ))
-        .child(ChildSpec::actor(
-            "transport",
-            "transport",
-            RestartPolicy::Permanent,
-            move |ctx| {
-                (
-                    SessionActor {
-                        stats: ctx.stats.clone(),
-                        directory: ctx.directory.clone(),
-                    },
-                    session.clone(),
-                )
-            },
-        ));
+        .child(session_child(session));
     let root = Supervisor::spawn(spec, directory.clone())
         .await
         .map_err(AgentError::Tree)?;
@@ -310,4 +359,104 @@ impl RunningAgent {
             tracing::warn!(error = %e, "stopping the supervision tree failed");
         }
     }
+}
+
+/// How `gpve-agent run` runs the node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeRunOptions {
+    pub timing: SessionTiming,
+    /// Where to serve the forwarded API; `None`: `agent.json`'s `api_listen`, else none
+    /// (the server then answers this node's API calls with 595).
+    pub api_listen: Option<SocketAddr>,
+    /// `host:port` reported to the server instead of the bound address.
+    pub api_advertise: Option<String>,
+}
+
+/// Start the full node from a joined data directory: the node tree on the server's store,
+/// the forwarded-API listener and the session (see the module documentation). The store
+/// connects lazily, so the agent starts while the server is down and catches up.
+pub async fn start_node(data_dir: &Path, opts: NodeRunOptions) -> Result<RunningAgent, AgentError> {
+    let (config, creds) = AgentDir::new(data_dir).load()?;
+    let grpc = GrpcTransport::default();
+    let store = gpve_transport::store::connect_store(&grpc, &config.server_endpoint, &creds)
+        .await
+        .map_err(AgentError::Store)?;
+    let node = config.node_name.clone();
+    let directory = Directory::new();
+    let tasks = TaskManager::new(store.clone(), node.clone());
+    match tasks.recover().await {
+        Ok(n) if n > 0 => tracing::info!(tasks = n, "marked tasks of a previous run as failed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "recovering this node's tasks failed"),
+    }
+    let link = crate::tree::NodeLink {
+        directory: directory.clone(),
+        path: crate::tree::node_path(&node),
+    };
+    let state = AppState::new(
+        ApiConfig::new(node.clone()),
+        store.clone(),
+        TicketKey::generate(),
+        tasks,
+        link,
+    );
+    let _ = state.forward.set(crate::forward::Role::Agent);
+    let api_listen = match opts.api_listen {
+        Some(a) => Some(a),
+        None => match &config.api_listen {
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| AgentError::Corrupt {
+                        path: AgentDir::new(data_dir).config(),
+                        reason: format!("api_listen '{text}' is not an address: {e}"),
+                    })?,
+            ),
+            None => None,
+        },
+    };
+    let listen = api_listen.map(|a| Arc::new(Mutex::new(a)));
+    let session = SessionArgs {
+        transport: Arc::new(grpc),
+        endpoint: config.server_endpoint.clone(),
+        creds: creds.clone(),
+        node: node.clone(),
+        node_path: crate::tree::node_path(&node),
+        timing: opts.timing,
+        api_listen: listen.clone(),
+        api_advertise: opts.api_advertise,
+    };
+    let mut spec = SupervisorSpec::new(crate::tree::ROOT)
+        .kind("agent")
+        .strategy(Strategy::OneForOne)
+        .intensity(5, 60_000)
+        .backoff(100, 5_000);
+    for child in crate::tree::node_children(&node, store, &state) {
+        spec = spec.child(child);
+    }
+    if let Some(listen) = &listen {
+        let tls =
+            gpve_transport::tls::node_api_server_config(&creds).map_err(AgentError::ApiTls)?;
+        spec = spec.child(crate::tree::api_child(crate::tree::ApiArgs {
+            listen: listen.clone(),
+            tls,
+            state: state.clone(),
+        }));
+    }
+    spec = spec.child(fence::child(
+        data_dir.to_path_buf(),
+        crate::pve::nodes::qemu::host(&state),
+    ));
+    // Last: its heartbeats report the API address the api actor bound.
+    spec = spec.child(session_child(session));
+    let root = Supervisor::spawn(spec, directory.clone())
+        .await
+        .map_err(AgentError::Tree)?;
+    tracing::info!(node = %config.node_name, server = %config.server_endpoint,
+        api = ?listen.as_ref().map(|l| *l.lock().unwrap_or_else(|p| p.into_inner())),
+        "gpve-agent started (node tree on the server's store)");
+    Ok(RunningAgent {
+        config,
+        directory,
+        root,
+    })
 }

@@ -4,7 +4,8 @@
 //! `reconnect_max_ms`. Outages are not actor failures: the server's lease, not this
 //! actor, decides whether the node counts as alive.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gpve_actors::node::NodeMsg;
@@ -34,6 +35,23 @@ pub struct SessionArgs {
     /// Directory path of the node actor (for the load in heartbeats).
     pub node_path: String,
     pub timing: SessionTiming,
+    /// The agent's API listener (its bound address once the api actor bound it), reported
+    /// with each heartbeat so the server can forward this node's API calls.
+    pub api_listen: Option<Arc<Mutex<SocketAddr>>>,
+    /// Reported instead of the bound address when set (`host:port` the server can reach).
+    pub api_advertise: Option<String>,
+}
+
+impl SessionArgs {
+    fn api_endpoint(&self) -> String {
+        if let Some(a) = &self.api_advertise {
+            return a.clone();
+        }
+        match &self.api_listen {
+            Some(l) => l.lock().unwrap_or_else(|p| p.into_inner()).to_string(),
+            None => String::new(),
+        }
+    }
 }
 
 /// The session actor.
@@ -153,6 +171,7 @@ impl Actor for SessionActor {
                 let hb = Heartbeat {
                     seq: state.seq,
                     load: self.load(&state.args.node_path).await,
+                    api_endpoint: state.args.api_endpoint(),
                 };
                 match link.heartbeat(hb).await {
                     Ok(ack) => {

@@ -1,16 +1,16 @@
 //! `gpve-agent`: a compute node of a gpve cluster.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gpve_api::agent::{JoinOptions, SessionTiming, join, start};
+use gpve_api::agent::{AgentDir, JoinOptions, NodeRunOptions, SessionTiming, join, start_node};
 use gpve_transport::grpc::{DEFAULT_GRPC_PORT, GrpcTransport};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// gpve compute node: joins a gpve-server with a bootstrap token, then keeps a mutual-TLS
-/// session to it (heartbeats every second renew the node's lease).
+/// gpve compute node: joins a gpve-server with a bootstrap token, then runs the node's VMs,
+/// storage and network against the server's store over a mutual-TLS session (heartbeats
+/// every second renew the node's lease) and serves the API calls the server forwards.
 #[derive(Debug, Parser)]
 #[command(
     name = "gpve-agent",
@@ -37,6 +37,12 @@ enum Command {
     /// Run the node from a joined data directory until SIGTERM or SIGINT. Reconnects by
     /// itself after any outage of the server or the network.
     Run(RunArgs),
+    /// Guard this node's HA VMs while the agent cannot (started by `run`): kill them when
+    /// the agent stops renewing its lease deadline in DIR/fence/pet.json.
+    Watchdog {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +62,10 @@ struct JoinArgs {
     /// Name of this node in the cluster (default: the host name).
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
+    /// Where `run` serves the API calls the server forwards to this node (HOST:PORT,
+    /// mutual TLS; only the server may connect). Saved in the data directory.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +88,12 @@ struct RunArgs {
     /// Log format on stderr (filter with RUST_LOG, default `info`).
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Where to serve the API calls the server forwards (default: `join --listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// HOST:PORT the server should dial for this node's API (default: the bound address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_api: Option<String>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -123,6 +139,11 @@ async fn run_join(args: JoinArgs) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("joining through {endpoint}"))?;
+    if let Some(listen) = args.listen {
+        AgentDir::new(&args.data_dir)
+            .save_api_listen(&listen.to_string())
+            .context("saving --listen")?;
+    }
     println!(
         "joined as node {} (server {}); start it with:\n  gpve-agent run --data-dir {}",
         config.node_name,
@@ -139,9 +160,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconnect_max_ms: args.reconnect_max_ms,
         ..SessionTiming::default()
     };
-    let agent = start(&args.data_dir, Arc::new(GrpcTransport::default()), timing)
-        .await
-        .with_context(|| format!("starting from {}", args.data_dir.display()))?;
+    let agent = start_node(
+        &args.data_dir,
+        NodeRunOptions {
+            timing,
+            api_listen: args.listen,
+            api_advertise: args.advertise_api,
+        },
+    )
+    .await
+    .with_context(|| format!("starting from {}", args.data_dir.display()))?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
@@ -161,5 +189,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Join(args) => run_join(args).await,
         Command::Run(args) => run(args).await,
+        Command::Watchdog { data_dir } => Ok(gpve_api::agent::fence::run_watchdog(&data_dir)?),
     }
 }

@@ -43,7 +43,7 @@ impl Client {
     }
 
     /// One request with a JSON body (or none); returns the `data` member.
-    async fn call_json(
+    pub(super) async fn call_json(
         &self,
         method: Method,
         segments: &[&str],

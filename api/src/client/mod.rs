@@ -28,8 +28,10 @@ pub mod manifest;
 pub mod network;
 pub mod nodes;
 pub mod storage;
+pub mod tenants;
 mod tls;
 mod types;
+pub mod vcluster;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -105,6 +107,15 @@ pub enum ClientError {
     TaskTimeout { upid: String, timeout_ms: u64 },
     #[error("task {upid} failed: {exitstatus}")]
     TaskFailed { upid: String, exitstatus: String },
+    #[error("virtualcluster {vc} not Ready after {timeout_ms} ms (phase {phase}; {waiting})")]
+    VclusterTimeout {
+        vc: String,
+        timeout_ms: u64,
+        phase: String,
+        waiting: String,
+    },
+    #[error("virtualcluster {vc} failed: {reason}")]
+    VclusterFailed { vc: String, reason: String },
 }
 
 impl ClientError {

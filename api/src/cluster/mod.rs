@@ -6,13 +6,15 @@
 //! cluster                    supervisor, rest-for-one
 //! ├── membership             supervisor; monitors added on demand, escalation logged
 //! │   └── node-monitor:{n}   fails when n's lease expires (the HA manager hooks in here)
-//! └── grpc                   owns the gRPC listener (Join, Node); rebuilds the monitors
+//! ├── grpc                   owns the gRPC listener (Join, Node); rebuilds the monitors
+//! └── ha-manager             HA state machine: restarts, relocations, recovery ([`ha`])
 //! ```
 //!
 //! Rest-for-one: when `membership` restarts (and loses its monitors), `grpc` restarts
 //! after it and starts a monitor again for every member in the store.
 
 pub mod files;
+pub mod ha;
 pub mod monitor;
 pub mod records;
 pub mod service;
@@ -44,10 +46,7 @@ pub const GRPC_SHUTDOWN_GRACE_MS: u64 = 2_000;
 /// Current Unix time in milliseconds (leases are wall-clock deadlines shared through the
 /// store).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    i64::try_from(gpve_supervisor::wall_now_ms()).unwrap_or(i64::MAX)
 }
 
 /// How the server takes part in a cluster.
@@ -78,7 +77,7 @@ impl ClusterOptions {
 }
 
 /// The `cluster` supervisor as a child of the server root.
-pub fn supervisor_child(opts: ClusterOptions, store: Store) -> ChildSpec {
+pub fn supervisor_child(opts: ClusterOptions, store: Store, ha: Option<ChildSpec>) -> ChildSpec {
     let started_at_ms = now_ms();
     let mut spec = SupervisorSpec::new("cluster")
         .kind("cluster")
@@ -145,6 +144,10 @@ pub fn supervisor_child(opts: ClusterOptions, store: Store) -> ChildSpec {
                 }
             },
         ));
+    }
+    // Last: it reads what membership and grpc maintain (see [`ha`]).
+    if let Some(ha) = ha {
+        spec = spec.child(ha);
     }
     ChildSpec::supervisor(RestartPolicy::Permanent, spec)
 }

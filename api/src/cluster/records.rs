@@ -5,6 +5,7 @@
 //! | `("nodes", name)` | [`NodeRecord`]: joined at, certificate fingerprint, cordoned |
 //! | `("leases", name)` | [`Lease`]: deadline, generation, last renewal |
 //! | `("node-load", name)` | [`gpve_transport::NodeLoad`] of the last heartbeat |
+//! | `("node-api", name)` | `host:port` of the agent's API listener, from its heartbeats (where the server forwards the node's API calls) |
 
 use gpve_store::{Key, Store, StoreError};
 use gpve_transport::NodeLoad;
@@ -49,6 +50,37 @@ pub fn lease_key(node: &str) -> Key {
 
 pub fn load_key(node: &str) -> Key {
     Key::pack(&("node-load", node))
+}
+
+pub fn api_key(node: &str) -> Key {
+    Key::pack(&("node-api", node))
+}
+
+/// Where the server forwards API calls for a member node, and its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoute {
+    /// `host:port` of the agent's API listener; `None`: the agent reported none.
+    pub api_endpoint: Option<String>,
+    pub lease: Option<Lease>,
+}
+
+/// The forwarding route of `node` (one transaction); `None` if it is not a member.
+pub async fn node_route(store: &Store, node: &str) -> Result<Option<NodeRoute>, StoreError> {
+    let node = node.to_string();
+    store
+        .transact(move |tx| {
+            let node = node.clone();
+            Box::pin(async move {
+                if tx.get(&node_key(&node)).await?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(NodeRoute {
+                    api_endpoint: tx.get_json::<String>(&api_key(&node)).await?,
+                    lease: tx.get_json::<Lease>(&lease_key(&node)).await?,
+                }))
+            })
+        })
+        .await
 }
 
 /// Every joined node, by name.

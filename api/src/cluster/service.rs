@@ -14,7 +14,7 @@ use gpve_transport::{
 use super::files::ClusterFiles;
 use super::monitor::{MonitorMsg, Monitors};
 use super::now_ms;
-use super::records::{Lease, NodeRecord, lease_key, load_key, node_key};
+use super::records::{Lease, NodeRecord, api_key, lease_key, load_key, node_key};
 
 /// Joins and heartbeats for one server.
 pub struct ServerCluster {
@@ -109,6 +109,11 @@ impl ClusterService for ServerCluster {
         })
     }
 
+    /// Agents run their node tree against the server's store.
+    fn store(&self) -> Option<Store> {
+        Some(self.store.clone())
+    }
+
     async fn heartbeat(
         &self,
         peer: PeerIdentity,
@@ -117,10 +122,11 @@ impl ClusterService for ServerCluster {
         let ttl_ms = self.lease_ttl_ms;
         let node = peer.node.clone();
         let load = hb.load.clone();
+        let api = Some(hb.api_endpoint.clone()).filter(|a| !a.is_empty());
         let renewed = self
             .store
             .transact(move |tx| {
-                let (peer, load) = (peer.clone(), load.clone());
+                let (peer, load, api) = (peer.clone(), load.clone(), api.clone());
                 Box::pin(async move {
                     let Some(record) = tx.get_json::<NodeRecord>(&node_key(&peer.node)).await?
                     else {
@@ -150,6 +156,15 @@ impl ClusterService for ServerCluster {
                     };
                     tx.put_json(&lease_key(&peer.node), &lease)?;
                     tx.put_json(&load_key(&peer.node), &load)?;
+                    // Written only when it changes: the API route is read on every
+                    // forwarded request.
+                    let api_k = api_key(&peer.node);
+                    if tx.get_json::<String>(&api_k).await? != api {
+                        match &api {
+                            Some(a) => tx.put_json(&api_k, a)?,
+                            None => tx.clear(&api_k),
+                        }
+                    }
                     Ok(Ok((lease, record.cordoned)))
                 })
             })

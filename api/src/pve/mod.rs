@@ -91,6 +91,7 @@ pub fn router() -> Routes {
         .merge(nodes::network::router())
         .merge(nodes::firewall::router())
         .merge(cluster::firewall::router())
+        .merge(cluster::ha::router())
         .method_not_allowed_fallback(not_implemented)
 }
 

@@ -151,17 +151,71 @@ pub async fn update(ctx: Ctx) -> Result<Reply, ApiError> {
         ctx.require(&format!("/storage/{s}"), &["Permissions.Modify"])
             .await?;
     }
+    let delete = ctx.params.bool("delete").unwrap_or(false);
+    check_members(&ctx, p, &vms, &storage, delete).await?;
     RbacDb::new(ctx.state.store.clone())
         .update_pool(
             p,
             ctx.params.str("comment").map(str::to_string),
             vms,
             storage,
-            ctx.params.bool("delete").unwrap_or(false),
+            delete,
             ctx.params.bool("allow-move").unwrap_or(false),
         )
         .await?;
     Ok(Reply::Data(Value::Null))
+}
+
+/// Members must exist (when added), and VM membership of a tenant's pool follows the
+/// tenant's accounting only: a VM joins it by create or clone with `pool=`, and leaves it
+/// by being destroyed, so a charge never disagrees with the pool.
+async fn check_members(
+    ctx: &Ctx,
+    pool: &str,
+    vms: &[u32],
+    storage: &[String],
+    delete: bool,
+) -> Result<(), ApiError> {
+    let store = &ctx.state.store;
+    if !vms.is_empty()
+        && store
+            .get(&crate::tenancy::tenant_key(pool))
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::param(
+            "vms",
+            format!(
+                "pool '{pool}' belongs to tenant '{pool}': VMs join it by create or clone with pool={pool}"
+            ),
+        ));
+    }
+    for v in vms {
+        if let Some(t) = crate::tenancy::vm::vm_tenant(store, *v).await? {
+            return Err(ApiError::param(
+                "vms",
+                format!("VM {v} counts against tenant '{t}': it stays in that tenant's pool"),
+            ));
+        }
+        if !delete && gpve_actors::vm::load_entry(store, *v).await?.is_none() {
+            return Err(ApiError::param("vms", format!("VM {v} does not exist")));
+        }
+    }
+    if !delete {
+        for s in storage {
+            match gpve_actors::storage::config::get(store, s).await {
+                Ok(_) => {}
+                Err(gpve_actors::storage::StorageConfigError::NotFound(_)) => {
+                    return Err(ApiError::param(
+                        "storage",
+                        format!("storage '{s}' does not exist"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `DELETE /pools`.
@@ -183,6 +237,17 @@ pub const DELETE_ONE: Endpoint = Endpoint {
 /// Delete an empty pool.
 pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
     let p = ident(&ctx, "poolid")?;
+    if ctx
+        .state
+        .store
+        .get(&crate::tenancy::tenant_key(p))
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "pool '{p}' belongs to tenant '{p}': delete the tenant instead"
+        )));
+    }
     RbacDb::new(ctx.state.store.clone()).delete_pool(p).await?;
     Ok(Reply::Data(Value::Null))
 }

@@ -15,7 +15,9 @@ pub mod actors;
 pub mod audit;
 pub mod guard;
 pub mod nodes;
+pub mod tenants;
 pub mod types;
+pub mod vclusters;
 pub mod virtualmachines;
 
 use axum::routing::get;
@@ -27,6 +29,7 @@ pub const V1_PREFIX: &str = "/api/v1";
 
 /// Every route of `/api/v1`, relative to that prefix.
 pub fn router() -> Routes {
+    let (vclusters, vcluster_routes) = vclusters::routes();
     Routes::new()
         .route("/actors", endpoint(&actors::LIST, actors::list))
         .raw_route(
@@ -45,6 +48,7 @@ pub fn router() -> Routes {
                 .merge(endpoint(&nodes::UNCORDON, nodes::uncordon)),
         )
         .merge(audit::router())
+        .merge(tenants::router())
         .merge_axum(
             virtualmachines::router(),
             &[
@@ -64,5 +68,6 @@ pub fn router() -> Routes {
                 ),
             ],
         )
+        .merge_axum(vclusters, &vcluster_routes)
         .method_not_allowed_fallback(not_implemented)
 }

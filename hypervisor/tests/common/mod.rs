@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 /// Generous for TCG on a loaded 2-core machine; a boot takes about 2-5 s here.
 pub const BOOT_TIMEOUT_MS: u64 = 60_000;
 pub const EVENT_TIMEOUT_MS: u64 = 20_000;
+pub const SERIAL_TIMEOUT_MS: u64 = 20_000;
 
 /// Builds the test guest once per test binary (the script itself is idempotent).
 pub fn guest() -> TestGuest {
@@ -42,6 +43,22 @@ pub async fn wait_ready(handle: &VmHandle) {
     {
         panic!("VM {} never booted: {e}", handle.vmid);
     }
+}
+
+/// Types a shell command on the serial console and waits for its evaluated result (the
+/// shell echoes what we type; only the result proves the guest ran it).
+pub async fn echo_roundtrip(serial_socket: &Path, n: u32) {
+    let mut console = test_guest::SerialConsole::connect(serial_socket)
+        .await
+        .expect("connect to the serial console");
+    console
+        .send_line(&format!("echo gpve-$(({n}+1))"))
+        .await
+        .expect("type into the serial console");
+    console
+        .wait_for(&format!("gpve-{}", n + 1), SERIAL_TIMEOUT_MS)
+        .await
+        .expect("the guest answers on its serial console");
 }
 
 /// The next lifecycle event, skipping QMP events this test does not model.

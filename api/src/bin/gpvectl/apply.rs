@@ -140,11 +140,17 @@ fn read_input(file: &PathBuf) -> anyhow::Result<String> {
 
 pub async fn run(client: &Client, args: ApplyArgs, format: Format) -> anyhow::Result<()> {
     let text = read_input(&args.file)?;
-    let vms = parse_all(&documents(&text)?)?;
-    if vms.is_empty() {
+    let (vc_docs, docs): (Vec<Value>, Vec<Value>) = documents(&text)?
+        .into_iter()
+        .partition(|d| d.get("kind").and_then(Value::as_str) == Some(crate::vc::KIND));
+    // Both kinds are checked before anything is sent.
+    let vcs = crate::vc::parse_all(&vc_docs)?;
+    let vms = parse_all(&docs)?;
+    if vms.is_empty() && vcs.is_empty() {
         bail!("no manifest found in {}", args.file.display());
     }
-    let mut applied = Vec::new();
+    let mut applied: Vec<Value> =
+        crate::vc::apply(client, &vc_docs, &vcs, args.namespace.as_deref(), format).await?;
     for vm in &vms {
         let (result, out) = client
             .apply_virtual_machine(args.namespace.as_deref(), vm)
@@ -163,7 +169,7 @@ pub async fn run(client: &Client, args: ApplyArgs, format: Format) -> anyhow::Re
                 .await
                 .with_context(|| format!("virtualmachine '{}'", vm.metadata.name))?;
         }
-        applied.push(out);
+        applied.push(serde_json::to_value(&out)?);
     }
     if format != Format::Table {
         output::print(format, &applied, "virtualmachines", || Table {

@@ -5,11 +5,14 @@ mod actors;
 mod apply;
 mod config;
 mod console;
+mod ha;
 mod network;
 mod node;
 mod output;
 mod prompt;
 mod storage;
+mod tenant;
+mod vc;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +114,11 @@ same server is used; if there is none, gpvectl shows what the server presents an
         #[command(subcommand)]
         what: storage::VolumeCommand,
     },
+    /// HA resources: add, remove, status.
+    Ha {
+        #[command(subcommand)]
+        what: ha::HaCommand,
+    },
     /// Cluster nodes: list (with liveness), cordon, uncordon.
     Node {
         #[command(subcommand)]
@@ -129,6 +137,11 @@ same server is used; if there is none, gpvectl shows what the server presents an
     /// Create or update VMs from gpve.io/v1 VirtualMachine manifests (YAML or JSON).
     #[command(after_help = apply::EXAMPLES)]
     Apply(apply::ApplyArgs),
+    /// Virtual Kubernetes clusters: create, list, get, scale, upgrade, kubeconfig, delete.
+    Vc {
+        #[command(subcommand)]
+        what: vc::VcCommand,
+    },
     /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot, clone, resize, move-disk.
     Vm {
         #[command(subcommand)]
@@ -163,6 +176,18 @@ same server is used; if there is none, gpvectl shows what the server presents an
     Audit {
         #[command(subcommand)]
         what: access::AuditCommand,
+    },
+    /// Tenants: list, get, create, delete, bind a user, own a namespace.
+    #[command(after_help = tenant::TENANCY_HELP)]
+    Tenant {
+        #[command(subcommand)]
+        what: tenant::TenantCommand,
+    },
+    /// Quotas of a tenant: get, set (requests, limits, overcommit per resource).
+    #[command(after_help = tenant::TENANCY_HELP)]
+    Quota {
+        #[command(subcommand)]
+        what: tenant::QuotaCommand,
     },
     /// Live terminal view of the supervision trees and their events (q quits).
     #[command(
@@ -327,6 +352,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }
+        Command::Vc { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = vc::run(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
         Command::Vm { what } => {
             let session = Session::open(&config_path).await?;
             let result = vm::run(&session.client, what, cli.output).await;
@@ -336,6 +367,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume { what } => {
             let session = Session::open(&config_path).await?;
             let result = storage::run_volume(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Ha { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = ha::run(&session.client, what, cli.output).await;
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }
@@ -390,6 +427,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { what } => {
             let session = Session::open(&config_path).await?;
             let result = access::run_audit(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Tenant { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = tenant::run_tenant(&session.client, what, cli.output).await;
+            session.persist_renewed_ticket().await?;
+            result.map_err(|e| session.explain(e))
+        }
+        Command::Quota { what } => {
+            let session = Session::open(&config_path).await?;
+            let result = tenant::run_quota(&session.client, what, cli.output).await;
             session.persist_renewed_ticket().await?;
             result.map_err(|e| session.explain(e))
         }

@@ -1,5 +1,5 @@
 //! `gpvectl vm list|get|create|start|stop|shutdown|reboot|suspend|resume|delete|clone|snapshot|
-//! resize|move-disk`:
+//! resize|move-disk|migrate`:
 //! VMs through the Proxmox API, waiting on each task and printing its log as it runs.
 
 use std::time::Duration;
@@ -186,6 +186,26 @@ pub enum VmCommand {
         /// Delete the old volume after the copy instead of keeping it as unusedN.
         #[arg(long)]
         delete: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Move a VM to another node: live with --online when it runs (its disks must be on
+    /// shared storage), else its configuration moves. Prints the migration log as it runs
+    /// (progress, downtime).
+    #[command(after_help = "Examples:
+  gpvectl vm migrate web1 --to pve2 --online
+  gpvectl vm migrate web1 --to pve2 --online --bwlimit 102400   # KiB/s")]
+    Migrate {
+        vm: String,
+        /// Target node.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        /// Live-migrate a running VM.
+        #[arg(long)]
+        online: bool,
+        /// Bandwidth limit in KiB/s.
+        #[arg(long, value_name = "KIB_S")]
+        bwlimit: Option<u64>,
         #[arg(long)]
         node: Option<String>,
     },
@@ -578,6 +598,27 @@ pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Res
             eprintln!("moving {disk} of VM {vmid} to {storage}: {upid}");
             follow(client, &upid).await?;
             println!("VM {vmid}: {disk} moved to storage {storage}");
+            Ok(())
+        }
+        VmCommand::Migrate {
+            vm,
+            to,
+            online,
+            bwlimit,
+            node,
+        } => {
+            let node = node_or_first(client, node).await?;
+            let vmid = resolve(client, &node, &vm).await?;
+            let mut params = serde_json::json!({ "target": to, "online": u8::from(online) });
+            if let Some(b) = bwlimit {
+                params["bwlimit"] = serde_json::json!(b);
+            }
+            let upid: String = client
+                .post(&format!("/nodes/{node}/qemu/{vmid}/migrate"), &params)
+                .await?;
+            eprintln!("migrating VM {vmid} from {node} to {to}: {upid}");
+            follow(client, &upid).await?;
+            println!("VM {vmid} migrated to node {to}");
             Ok(())
         }
         VmCommand::Snapshot {

@@ -27,8 +27,8 @@ pub const LIST: Endpoint = Endpoint {
         Param::int("since", Some(0), None).opt(),
         Param::int("until", Some(0), None).opt(),
     ]),
-    privilege: Privilege::Perm("/nodes/{node}", &["Sys.Audit"]),
-    description: "Read task list for one node (finished tasks).",
+    privilege: Privilege::User,
+    description: "Read task list for one node (finished tasks); without Sys.Audit on /nodes/{node}, only the caller's own tasks.",
 };
 
 fn list_entry(t: &TaskRecord) -> Value {
@@ -53,9 +53,14 @@ fn list_entry(t: &TaskRecord) -> Value {
 
 /// List tasks, newest first.
 pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
-    ctx.local_node()?;
+    let node = ctx.local_node()?.to_string();
     let p = &ctx.params;
-    let filter = TaskFilter {
+    // Proxmox's rule: node auditors see every task, others only their own.
+    let own_only = !ctx
+        .allowed(&format!("/nodes/{node}"), &["Sys.Audit"])
+        .await?;
+    let me = ctx.userid()?.to_string();
+    let mut filter = TaskFilter {
         start: p.int("start").unwrap_or(0) as usize,
         limit: p.int("limit").unwrap_or(50) as usize,
         errors: p.bool("errors").unwrap_or(false),
@@ -70,9 +75,19 @@ pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
         since: p.int("since"),
         until: p.int("until"),
     };
+    if own_only {
+        filter.userfilter = Some(me.clone());
+    }
     let tasks = ctx.state.tasks.list(&filter).await?;
+    let mine = |t: &&TaskRecord| {
+        !own_only
+            || t.user == me
+            || t.user
+                .strip_prefix(me.as_str())
+                .is_some_and(|r| r.starts_with('!'))
+    };
     Ok(Reply::Data(Value::Array(
-        tasks.iter().map(list_entry).collect(),
+        tasks.iter().filter(mine).map(list_entry).collect(),
     )))
 }
 

@@ -94,18 +94,28 @@ pub fn config_json(cfg: &StorageConfig) -> Value {
 pub const LIST: Endpoint = Endpoint {
     method: Method::Get,
     params: ParamSchema(&[Param::enumeration("type", STORAGE_TYPES).opt()]),
-    privilege: Privilege::Any("/storage", &["Datastore.Audit", "Datastore.AllocateSpace"]),
-    description: "Storage index.",
+    privilege: Privilege::User,
+    description: "Storage index (only storages with Datastore.Audit or Datastore.AllocateSpace on /storage/{storage}).",
 };
 
 pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
     let kind = ctx.params.str("type");
     let all = config::list(&ctx.state.store).await?;
-    let out: Vec<Value> = all
+    let mut out: Vec<Value> = Vec::new();
+    for c in all
         .iter()
         .filter(|c| kind.is_none_or(|k| k == c.kind.as_str()))
-        .map(config_json)
-        .collect();
+    {
+        if ctx
+            .allowed_any(
+                &format!("/storage/{}", c.storage),
+                &["Datastore.Audit", "Datastore.AllocateSpace"],
+            )
+            .await?
+        {
+            out.push(config_json(c));
+        }
+    }
     Ok(Reply::Data(Value::Array(out)))
 }
 

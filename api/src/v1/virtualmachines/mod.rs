@@ -411,8 +411,8 @@ async fn checked_set(
     vmid: u32,
 ) -> Result<BTreeMap<String, String>, VmManifestError> {
     let translate = |e: vmconfig::ConfigErrors| VmManifestError::Invalid(plan.translate(e.0));
-    let canon =
-        vmconfig::parse_changes(&plan.set, vmid, rand::random::<u64>()).map_err(translate)?;
+    let canon = vmconfig::parse_changes(&plan.set, vmid, gpve_supervisor::seeded_u64())
+        .map_err(translate)?;
     match qemu::check_storages(&node_ctx(ctx)?, &canon).await {
         Ok(()) => Ok(canon),
         Err(ApiError::Params(m)) => Err(VmManifestError::Invalid(plan.translate(m))),
@@ -439,15 +439,25 @@ async fn create_vm(ctx: &Ctx, ns: &str, vm: VirtualMachine) -> Outcome {
         .filter(|(k, _)| !vmconfig::is_drive(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let owner = crate::tenancy::vm::namespace_owner(&ctx.state.store, ctx.userid()?, ns)
+        .await
+        .map_err(ApiError::from)?;
     let vmid = ops::reserve(&host, None, plain)
         .await
         .map_err(|e| op_error(&plan, e))?;
+    if let Some(t) = &owner {
+        let demand = crate::tenancy::vm::vm_demand(&canon);
+        crate::tenancy::vm::admit_reserved(&ctx.state.store, vmid, t, &demand)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let mut binding = plan.binding.clone();
     binding.vmid = vmid;
     binding.created_at_s = now_s();
     if !claim(ctx, ns, &name, &binding).await? {
-        // Lost a race for the name: give the VMID back.
+        // Lost a race for the name: give the VMID (and its charge) back.
         let _ = ctx.state.store.delete(&vm::vm_key(vmid)).await;
+        let _ = crate::tenancy::vm::release_deleted(&ctx.state.store, vmid).await;
         return Err(VmManifestError::AlreadyExists {
             ns: ns.into(),
             name,
@@ -551,6 +561,10 @@ async fn release(
     vmid: u32,
 ) -> Result<(), gpve_store::StoreError> {
     let key = binding_key(ns, name);
+    // The VM is gone: so is its tenant charge (a no-op while the VM exists).
+    if let Err(e) = crate::tenancy::vm::release_deleted(store, vmid).await {
+        tracing::warn!(vmid, error = %e, "releasing the tenant charge of a deleted VM failed");
+    }
     store
         .transact(move |tx| {
             let key = key.clone();
@@ -625,14 +639,25 @@ async fn update_vm(
     if plan.changes_config() {
         qemu::precheck(&entry, &Command::UpdateConfig)?;
         let set = checked_set(ctx, &plan, vmid).await?;
+        let mut after = entry.with_pending();
+        for k in &plan.delete {
+            after.remove(k);
+        }
+        after.extend(set.clone());
+        let after = crate::tenancy::vm::vm_demand(&after);
+        crate::tenancy::vm::reserve_growth(&ctx.state.store, vmid, &after)
+            .await
+            .map_err(ApiError::from)?;
         let op = VmOp::UpdateConfig {
             set,
             delete: plan.delete.clone(),
             revert: Vec::new(),
         };
-        ops::call(&host, vmid, op, OP_TIMEOUT_MS)
+        let done = ops::call(&host, vmid, op, OP_TIMEOUT_MS).await;
+        crate::tenancy::vm::settle(&ctx.state.store, vmid)
             .await
-            .map_err(|e| op_error(&plan, e))?;
+            .map_err(ApiError::from)?;
+        done.map_err(|e| op_error(&plan, e))?;
     }
     let mut binding = old.clone();
     if plan.binding != old {

@@ -66,7 +66,6 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
     }
     for (p, why) in [
         ("snapname", "cloning from a snapshot is not supported yet"),
-        ("pool", "resource pools are not supported yet"),
         ("format", "the copy keeps the source format"),
     ] {
         if ctx.params.has(p) {
@@ -100,6 +99,24 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
             Err(err) => return Err(err.into()),
         }
     }
+    // Every clone allocates space: on `storage`, else where the source's disks are.
+    let targets: Vec<String> = match &storage {
+        Some(s) => vec![s.clone()],
+        None => gpve_actors::vm::config::drive_volumes(&e.config)
+            .into_values()
+            .filter_map(|v| v.split(':').next().map(str::to_string))
+            .collect(),
+    };
+    for s in &targets {
+        ctx.require(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])
+            .await?;
+    }
+    let user = ctx.userid()?.to_string();
+    let pool =
+        crate::tenancy::vm::target_pool(&ctx.state.store, &user, ctx.params.str("pool")).await?;
+    if let Some(p) = &pool {
+        ctx.require(&format!("/pool/{p}"), &["VM.Allocate"]).await?;
+    }
     let want = ctx.params.int("newid").and_then(|v| u32::try_from(v).ok());
     let host = host(&ctx.state);
     // Reserved with the source's plain keys so listings show it while disks copy.
@@ -108,7 +125,10 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
         gpve_actors::vm::config::key_kind(k) == Some(gpve_actors::vm::config::KeyKind::Plain)
     });
     let newid = ops::reserve(&host, want, plain).await?;
-    let user = ctx.userid()?.to_string();
+    if let Some(p) = &pool {
+        let demand = crate::tenancy::vm::vm_demand(&e.config);
+        crate::tenancy::vm::admit_reserved(&ctx.state.store, newid, p, &demand).await?;
+    }
     let spawned = ctx
         .state
         .tasks
@@ -125,6 +145,7 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
                     // The source actor removes what it copied; the reservation may remain
                     // if the actor never ran the operation.
                     let _ = host.store.delete(&gpve_actors::vm::vm_key(newid)).await;
+                    let _ = crate::tenancy::vm::release_deleted(&host.store, newid).await;
                     return Err(e.to_string());
                 }
             };
@@ -143,6 +164,7 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
                 .store
                 .delete(&gpve_actors::vm::vm_key(newid))
                 .await;
+            let _ = crate::tenancy::vm::release_deleted(&ctx.state.store, newid).await;
             Err(err.into())
         }
     }

@@ -190,6 +190,23 @@ async fn prepare(ctx: &Ctx) -> Result<(u32, VmOp), ApiError> {
     }
     let canon = vmconfig::parse_changes(&set, vmid, super::seed()).map_err(VmError::from)?;
     super::check_storages(ctx, &canon).await?;
+    let mut after = e.with_pending();
+    for k in &delete {
+        after.remove(k);
+    }
+    for k in &revert {
+        match e.config.get(k) {
+            Some(v) => after.insert(k.clone(), v.clone()),
+            None => after.remove(k),
+        };
+    }
+    after.extend(canon.clone());
+    crate::tenancy::vm::reserve_growth(
+        &ctx.state.store,
+        vmid,
+        &crate::tenancy::vm::vm_demand(&after),
+    )
+    .await?;
     Ok((
         vmid,
         VmOp::UpdateConfig {
@@ -207,6 +224,8 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
 
 pub async fn put(ctx: Ctx) -> Result<Reply, ApiError> {
     let (vmid, op) = prepare(&ctx).await?;
-    ops::call(&host(&ctx.state), vmid, op, OP_TIMEOUT_MS).await?;
+    let done = ops::call(&host(&ctx.state), vmid, op, OP_TIMEOUT_MS).await;
+    crate::tenancy::vm::settle(&ctx.state.store, vmid).await?;
+    done?;
     Ok(Reply::Data(Value::Null))
 }

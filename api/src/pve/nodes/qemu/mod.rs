@@ -4,6 +4,7 @@
 
 pub mod clone;
 pub mod config;
+pub mod migrate;
 pub mod move_disk;
 pub mod resize;
 pub mod rrddata;
@@ -31,6 +32,9 @@ pub const OP_TIMEOUT_MS: u64 = 30 * 60 * 1000;
 
 /// The VM host of the local node (real QEMU, the node's storage service).
 pub fn host(state: &AppState) -> VmHost {
+    if let Some(host) = state.vm_host.get() {
+        return host.clone();
+    }
     VmHost::real(
         &state.config.node_name,
         state.store.clone(),
@@ -111,9 +115,12 @@ pub async fn spawn_op(
             &vmid.to_string(),
             &user,
             move |task| async move {
-                let line = ops::call(&host, vmid, op, OP_TIMEOUT_MS)
+                let done = ops::call(&host, vmid, op, OP_TIMEOUT_MS).await;
+                // Whatever the outcome, the tenant's charge follows the stored config.
+                crate::tenancy::vm::settle(&host.store, vmid)
                     .await
                     .map_err(|e| e.to_string())?;
+                let line = done.map_err(|e| e.to_string())?;
                 if !line.is_empty() {
                     task.log(line).await.map_err(|e| e.to_string())?;
                 }
@@ -150,10 +157,7 @@ pub fn config_changes(params: &Params) -> BTreeMap<String, String> {
 }
 
 fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    gpve_supervisor::seeded_u64()
 }
 
 /// One VM as `GET /nodes/{node}/qemu` lists it.
@@ -245,11 +249,10 @@ pub static CREATE: LazyLock<Endpoint> = LazyLock::new(|| Endpoint {
 pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
     let node = ctx.local_node()?.to_string();
     let user = ctx.userid()?.to_string();
-    if ctx.params.has("pool") {
-        return Err(ApiError::param(
-            "pool",
-            "resource pools are not supported yet",
-        ));
+    let pool =
+        crate::tenancy::vm::target_pool(&ctx.state.store, &user, ctx.params.str("pool")).await?;
+    if let Some(p) = &pool {
+        ctx.require(&format!("/pool/{p}"), &["VM.Allocate"]).await?;
     }
     let want = ctx.params.int("vmid").and_then(|v| u32::try_from(v).ok());
     let changes = config_changes(&ctx.params);
@@ -266,6 +269,11 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let vmid = ops::reserve(&host, want, plain).await?;
+    if let Some(p) = &pool {
+        // Refused: the reservation is gone with the refusal (one transaction).
+        let demand = crate::tenancy::vm::vm_demand(&canon);
+        crate::tenancy::vm::admit_reserved(&ctx.state.store, vmid, p, &demand).await?;
+    }
     tracing::info!(%node, vmid, "VM reserved");
     let upid = ctx
         .state
@@ -275,9 +283,11 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
             &vmid.to_string(),
             &user,
             move |task| async move {
-                ops::create(&host, vmid, canon)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) = ops::create(&host, vmid, canon).await {
+                    // `ops::create` removed the VM: its charge goes too.
+                    let _ = crate::tenancy::vm::release_deleted(&host.store, vmid).await;
+                    return Err(e.to_string());
+                }
                 task.log(format!("VM {vmid} created"))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -294,8 +304,9 @@ pub async fn create(ctx: Ctx) -> Result<Reply, ApiError> {
     match upid {
         Ok(upid) => Ok(Reply::Data(json!(upid.to_string()))),
         Err(e) => {
-            // No task will finish the VM: release the VMID.
+            // No task will finish the VM: release the VMID and its charge.
             let _ = ctx.state.store.delete(&vm::vm_key(vmid)).await;
+            let _ = crate::tenancy::vm::release_deleted(&ctx.state.store, vmid).await;
             Err(e.into())
         }
     }
@@ -314,6 +325,15 @@ pub async fn check_storages(ctx: &Ctx, canon: &BTreeMap<String, String>) -> Resu
             vmconfig::DriveSource::Allocate { storage, .. } => storage.clone(),
             vmconfig::DriveSource::Volume(v) => v.split(':').next().unwrap_or("").to_string(),
         };
+        if matches!(drive.source, vmconfig::DriveSource::Allocate { .. })
+            && !ctx
+                .allowed(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])
+                .await?
+        {
+            return Err(ApiError::Refused(format!(
+                "Permission check failed (/storage/{storage}, Datastore.AllocateSpace)"
+            )));
+        }
         match gpve_actors::storage::config::get(&ctx.state.store, &storage).await {
             Ok(cfg) if cfg.active_on(node) => {}
             Ok(_) => {
@@ -391,6 +411,9 @@ pub async fn delete(ctx: Ctx) -> Result<Reply, ApiError> {
                     .await
                     .map_err(|e| e.to_string())?;
                 ops::remove_actor(&host, vmid)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::tenancy::vm::release_deleted(&host.store, vmid)
                     .await
                     .map_err(|e| e.to_string())?;
                 task.log(line).await.map_err(|e| e.to_string())?;
@@ -514,6 +537,10 @@ pub fn router() -> crate::router::Routes {
         .route(
             "/nodes/{node}/qemu/{vmid}/template",
             endpoint(&TEMPLATE, template),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/migrate",
+            endpoint(&migrate::GET, migrate::get).merge(endpoint(&migrate::POST, migrate::post)),
         )
 }
 

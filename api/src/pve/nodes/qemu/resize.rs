@@ -51,6 +51,18 @@ pub async fn resize(ctx: Ctx) -> Result<Reply, ApiError> {
             reply,
         })
         .await?;
-    disks::new_disk_size(&disk, info.size_bytes, change).map_err(|r| ApiError::param("size", r))?;
+    let new_bytes = disks::new_disk_size(&disk, info.size_bytes, change)
+        .map_err(|r| ApiError::param("size", r))?;
+    ctx.require(
+        &format!("/storage/{}", id.storage()),
+        &["Datastore.AllocateSpace"],
+    )
+    .await?;
+    let mut after = crate::tenancy::vm::vm_demand(&e.with_pending());
+    after.disk_gib = after
+        .disk_gib
+        .saturating_sub(info.size_bytes.div_ceil(1 << 30))
+        .saturating_add(new_bytes.div_ceil(1 << 30));
+    crate::tenancy::vm::reserve_growth(&ctx.state.store, vmid, &after).await?;
     spawn_op(&ctx, "resize", vmid, VmOp::Resize { disk, size }).await
 }
