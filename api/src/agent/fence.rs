@@ -342,11 +342,36 @@ impl FenceActor {
             tracing::info!(exe = %exe.display(), "not the gpve-agent binary: no fence watchdog");
             return None;
         }
+        // The watchdog outlives the agent by design, so it must not hold the agent's
+        // stdout/stderr open (a supervisor or CI reading them would wait for it): it logs to
+        // its own file.
+        let log_path = fence_dir(&self.data_dir).join("watchdog.log");
+        let log = match std::fs::create_dir_all(fence_dir(&self.data_dir)).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(path = %log_path.display(), error = %e, "cannot open the watchdog log; no fence watchdog");
+                return None;
+            }
+        };
+        let log_err = match log.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the watchdog log; no fence watchdog");
+                return None;
+            }
+        };
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("watchdog")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
             // Its own process group: a signal to the agent's group does not reach it.
             .process_group(0);
         match cmd.spawn() {
@@ -515,6 +540,15 @@ pub fn run_watchdog(data_dir: &Path) -> Result<(), FenceIoError> {
         std::thread::sleep(Duration::from_millis(WATCHDOG_CHECK_INTERVAL_MS));
         let pet = match read_pet(data_dir) {
             Ok(Some(p)) => p,
+            // A removed data directory takes the agent's run files with it: nothing is
+            // left that this watchdog could find or guard.
+            Ok(None) if !data_dir.exists() => {
+                eprintln!(
+                    "fence watchdog: {} was removed; exiting",
+                    data_dir.display()
+                );
+                return Ok(());
+            }
             Ok(None) => continue,
             Err(e) => {
                 // A torn write cannot happen (rename); keep the last decision for later.
