@@ -5,7 +5,7 @@
 mod gpvectl_common;
 mod server_common;
 
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 use std::path::Path;
 
 use gpve_api::audit::{AuditRecord, Verification};
@@ -16,20 +16,7 @@ use server_common::{BinServer, ROOT_PW, data_path, init_dir};
 
 fn login(config: &Path, server: &BinServer, fp: &str) {
     let url = format!("https://{}", server.addr);
-    ok(&ctl(
-        config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            fp,
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(config, &url, fp, ROOT_PW);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

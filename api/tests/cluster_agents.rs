@@ -17,7 +17,7 @@ mod gpvectl_common;
 use std::time::{Duration, Instant};
 
 use cluster_common::{Cluster, ROOT_PW, guest, guest_args};
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 use serde_json::Value;
 
 async fn create_vm(c: &Cluster, node: &str, vmid: u32, args: &str) {
@@ -116,20 +116,7 @@ async fn agents_run_vms_through_the_server() {
     let fp = gpve_api::client::Fingerprint::of_pem_file(&c.dir.path().join("server/cert.pem"))
         .expect("fingerprint");
     let config = c.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
     let table = ok(&ctl(&config, &["vm", "get", "vm202", "--node", "n2"], ""));
     assert!(table.contains("running"), "{table}");
     ok(&ctl(&config, &["vm", "stop", "202", "--node", "n2"], ""));

@@ -10,7 +10,7 @@ mod vm_common;
 
 use std::time::Duration;
 
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 use serde_json::Value;
 use vm_common::*;
 
@@ -203,20 +203,7 @@ async fn ha_restarts_on_its_node_up_to_max_restart_then_error() {
     let fp = gpve_api::client::Fingerprint::of_pem_file(&env.data().join("cert.pem"))
         .expect("fingerprint");
     let config = env.data().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
     let table = ok(&ctl(&config, &["ha", "status"], ""));
     assert!(
         table.contains("vm:100") && table.contains("started"),

@@ -6,7 +6,7 @@ mod server_common;
 
 use gpve_api::client::Fingerprint;
 use gpve_api::tenancy::{Quota, TenantRecord};
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 use serde_json::Value;
 use server_common::*;
 
@@ -29,20 +29,7 @@ async fn gpvectl_vc_and_apply() {
     let url = format!("https://127.0.0.1:{}", srv.running().addr.port());
     let fp = Fingerprint::of_pem_file(&data_path(&srv.dir).join("cert.pem")).expect("fp");
     let config = srv.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
 
     // Refused with the supported values, before anything is sent.
     let out = ctl(

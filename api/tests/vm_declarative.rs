@@ -7,7 +7,7 @@
 mod gpvectl_common;
 mod vm_common;
 
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 
 use gpve_api::client::Fingerprint;
 use reqwest::Method;
@@ -18,20 +18,7 @@ async fn login(env: &Env, srv: &Server) -> std::path::PathBuf {
     let url = srv.api.base.trim_end_matches("/api2/json").to_string();
     let fp = Fingerprint::of_pem_file(&env.data().join("cert.pem")).expect("fingerprint");
     let config = env.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
     config
 }
 

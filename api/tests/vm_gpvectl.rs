@@ -4,7 +4,7 @@
 mod gpvectl_common;
 mod vm_common;
 
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 
 use gpve_api::client::Fingerprint;
 use vm_common::*;
@@ -17,20 +17,7 @@ async fn gpvectl_vm_create_start_stop_delete() {
     let url = srv.api.base.trim_end_matches("/api2/json").to_string();
     let fp = Fingerprint::of_pem_file(&env.data().join("cert.pem")).expect("fingerprint");
     let config = env.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
 
     let kernel = g.kernel.display().to_string();
     let initrd = g.initrd.display().to_string();

@@ -9,7 +9,7 @@ mod gpvectl_common;
 mod vm_common;
 
 use gpve_api::client::Fingerprint;
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root};
 use vm_common::{Env, NODE, ROOT_PW, Server};
 
 const VMID: u32 = 7200;
@@ -89,20 +89,7 @@ async fn precheck_and_refusals() {
     let url = api.base.trim_end_matches("/api2/json").to_string();
     let fp = Fingerprint::of_pem_file(&env.data().join("cert.pem")).expect("fingerprint");
     let config = env.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
     let out = ctl(&config, &["vm", "migrate", "migr1", "--to", "nowhere"], "");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

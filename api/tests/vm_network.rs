@@ -18,7 +18,7 @@
 mod gpvectl_common;
 mod vm_common;
 
-use gpvectl_common::{ctl, ok};
+use gpvectl_common::{ctl, login_root, ok};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -315,20 +315,7 @@ async fn scenario(g: &TestGuest, node_ns: &str, peer_ns: &str) {
     let url = srv.api.base.trim_end_matches("/api2/json").to_string();
     let fp = Fingerprint::of_pem_file(&env.data().join("cert.pem")).expect("fingerprint");
     let config = env.dir.path().join("gpvectl.yaml");
-    ok(&ctl(
-        &config,
-        &[
-            "login",
-            "--server",
-            &url,
-            "--user",
-            "root@pam",
-            "--password-stdin",
-            "--fingerprint",
-            &fp.to_string(),
-        ],
-        &format!("{ROOT_PW}\n"),
-    ));
+    login_root(&config, &url, &fp.to_string(), ROOT_PW);
     let listed = ok(&ctl(&config, &["network", "list", "-o", "json"], ""));
     assert!(listed.contains("\"vmbr0\""), "{listed}");
     ok(&ctl(

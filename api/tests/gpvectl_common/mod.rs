@@ -32,3 +32,22 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `gpvectl login` as root@pam against `server`, pinning its certificate `fingerprint`;
+/// the session lands in `config`.
+pub fn login_root(config: &Path, server: &str, fingerprint: &str, password: &str) {
+    ok(&ctl(
+        config,
+        &[
+            "login",
+            "--server",
+            server,
+            "--user",
+            "root@pam",
+            "--password-stdin",
+            "--fingerprint",
+            fingerprint,
+        ],
+        &format!("{password}\n"),
+    ));
+}
