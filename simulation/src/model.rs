@@ -156,11 +156,20 @@ impl Model {
         self.unnamed_last_end = self.tick();
     }
 
-    /// A delete of `vmid` was acknowledged (task started); returns the epoch it deletes.
-    pub fn delete_acked(&mut self, vmid: u32) -> Option<u64> {
+    /// A delete of `vmid` is about to be sent; returns the epoch it deletes. From here on
+    /// the VM may vanish: the API starts the delete task before its answer reaches the
+    /// client, so a check between the two must not call the VM lost.
+    pub fn delete_sent(&mut self, vmid: u32) -> Option<u64> {
         let vm = self.vms.get_mut(&vmid)?;
         vm.deletes_in_flight += 1;
         Some(vm.epoch)
+    }
+
+    /// The delete of `vmid` was refused: no task ran, the VM is as before.
+    pub fn delete_refused(&mut self, vmid: u32) {
+        if let Some(vm) = self.vms.get_mut(&vmid) {
+            vm.deletes_in_flight = vm.deletes_in_flight.saturating_sub(1);
+        }
     }
 
     /// The delete task of `vmid` acknowledged at `epoch` ended.
@@ -361,7 +370,7 @@ mod tests {
         let e = m.create_acked(100, "n1", "", false).unwrap();
         assert!(m.create_acked(100, "n2", "", false).is_err());
         m.create_ended(100, e, true);
-        let d = m.delete_acked(100);
+        let d = m.delete_sent(100);
         m.delete_ended(100, d, true);
         assert!(m.create_acked(100, "n2", "", false).is_ok());
     }
@@ -371,7 +380,7 @@ mod tests {
         let mut m = Model::default();
         let e = m.create_acked(100, "n1", "a", false).unwrap();
         m.create_ended(100, e, true);
-        let d = m.delete_acked(100);
+        let d = m.delete_sent(100);
         // The store record is gone before the delete task is seen to end; a new create
         // takes the VMID.
         let e2 = m.create_acked(100, "n1", "b", false).unwrap();

@@ -190,6 +190,7 @@ impl Op {
             }
             Op::Delete { node, vmid } => {
                 let name = &c.names[node];
+                let epoch = lock(&c.book).model.delete_sent(vmid);
                 let r = c
                     .call(
                         node,
@@ -201,12 +202,13 @@ impl Op {
                     .await;
                 c.note(format!("op delete {vmid} on {name} -> {}", r.summary()));
                 if let Some(upid) = r.data().as_str().filter(|_| r.ok()) {
-                    let epoch = lock(&c.book).model.delete_acked(vmid);
                     let exit = c.wait_task(upid).await;
                     c.note(format!("task {} -> {exit:?}", upid_label(upid)));
                     lock(&c.book)
                         .model
                         .delete_ended(vmid, epoch, exit.as_deref() == Some("OK"));
+                } else {
+                    lock(&c.book).model.delete_refused(vmid);
                 }
             }
             Op::Describe { node, vmid, value } => {

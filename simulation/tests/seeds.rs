@@ -77,6 +77,20 @@ fn three_node_ha_seeds_pass_and_are_deterministic() {
 }
 
 #[test]
+fn a_delete_in_flight_is_not_a_lost_vm() {
+    // Regression seed of the checker's delete race (docs/simulation.md, bug 4): a VM
+    // deleted while its DELETE was still unanswered was reported as an acknowledged loss.
+    let s = run(&[
+        "--seeds=7..8",
+        "--nodes=3",
+        "--vms=50",
+        "--duration=600s",
+        "--faults=default",
+    ]);
+    assert_eq!(s.violations, "", "{}", s.stdout);
+}
+
+#[test]
 fn heavy_faults_pass() {
     let s = run(&[
         "--seeds=100..103",
