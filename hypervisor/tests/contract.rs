@@ -212,72 +212,50 @@ async fn migration(s: Subject, root: &Path) {
     target.kill().await.expect("kill the target");
 }
 
+/// The real hypervisor with the test guest.
+fn real_subject() -> Subject {
+    let guest = common::guest();
+    Subject {
+        make: Box::new(|| Box::new(Qemu::default())),
+        spec: Box::new(move |vmid| gpve_hypervisor::test_guest::spec(vmid, &guest)),
+        real_guest: true,
+    }
+}
+
+/// The simulated hypervisor; every instance shares one simulated host.
+fn sim_subject() -> Subject {
+    let host = SimHost::new();
+    Subject {
+        make: Box::new(move || {
+            Box::new(SimHypervisor::new(
+                host.clone(),
+                Arc::new(TokioClock),
+                SimConfig::default(),
+            ))
+        }),
+        spec: Box::new(|vmid| QemuSpec::new(vmid, format!("sim{vmid}"))),
+        real_guest: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_migration_real_qemu() {
-    let guest = common::guest();
     let root = run_dir();
-    migration(
-        Subject {
-            make: Box::new(|| Box::new(Qemu::default())),
-            spec: Box::new(move |vmid| gpve_hypervisor::test_guest::spec(vmid, &guest)),
-            real_guest: true,
-        },
-        root.path(),
-    )
-    .await;
+    migration(real_subject(), root.path()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn contract_migration_sim() {
-    let host = SimHost::new();
-    migration(
-        Subject {
-            make: Box::new(move || {
-                Box::new(SimHypervisor::new(
-                    host.clone(),
-                    Arc::new(TokioClock),
-                    SimConfig::default(),
-                ))
-            }),
-            spec: Box::new(|vmid| QemuSpec::new(vmid, format!("sim{vmid}"))),
-            real_guest: false,
-        },
-        Path::new("/sim/run"),
-    )
-    .await;
+    migration(sim_subject(), Path::new("/sim/run")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_real_qemu() {
-    let guest = common::guest();
     let root = run_dir();
-    lifecycle(
-        Subject {
-            make: Box::new(|| Box::new(Qemu::default())),
-            spec: Box::new(move |vmid| gpve_hypervisor::test_guest::spec(vmid, &guest)),
-            real_guest: true,
-        },
-        root.path(),
-    )
-    .await;
+    lifecycle(real_subject(), root.path()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn contract_sim() {
-    let host = SimHost::new();
-    lifecycle(
-        Subject {
-            make: Box::new(move || {
-                Box::new(SimHypervisor::new(
-                    host.clone(),
-                    Arc::new(TokioClock),
-                    SimConfig::default(),
-                ))
-            }),
-            spec: Box::new(|vmid| QemuSpec::new(vmid, format!("sim{vmid}"))),
-            real_guest: false,
-        },
-        Path::new("/sim/run"),
-    )
-    .await;
+    lifecycle(sim_subject(), Path::new("/sim/run")).await;
 }

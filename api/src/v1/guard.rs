@@ -21,6 +21,19 @@ use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Reply, endpoint};
 use crate::state::AppState;
 
+/// A manifest handler's outcome as the response: `{"data": …}` with the handler's status,
+/// or its error.
+pub fn respond<E: IntoResponse>(outcome: Result<(axum::http::StatusCode, Value), E>) -> Response {
+    match outcome {
+        Ok((status, data)) => {
+            let mut resp = Reply::Data(data).into_response();
+            *resp.status_mut() = status;
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Authenticate and authorise the request `parts` as route `ep` would (the body is not
 /// read: the routes using this take parameters from the query string only).
 pub async fn authorize(

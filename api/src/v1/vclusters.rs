@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use gpve_supervisor::SupervisorHandle;
 use serde_json::{Value, json};
 
-use super::guard::authorize;
+use super::guard::{authorize, respond};
 use crate::error::ApiError;
-use crate::router::{Ctx, Endpoint, MAX_BODY_BYTES, Method, Privilege, Reply};
+use crate::router::{Ctx, Endpoint, MAX_BODY_BYTES, Method, Privilege};
 use crate::schema::{Format, Param, ParamSchema};
 use crate::state::{AppState, now_s};
 use crate::tenancy::{self, TenancyError};
@@ -208,14 +208,7 @@ where
     {
         return ApiError::param("name", e).into_response();
     }
-    match f(ctx, body, names).await {
-        Ok((status, data)) => {
-            let mut resp = Reply::Data(data).into_response();
-            *resp.status_mut() = status;
-            resp
-        }
-        Err(e) => e.into_response(),
-    }
+    respond(f(ctx, body, names).await)
 }
 
 type TPath = Result<Path<String>, PathRejection>;

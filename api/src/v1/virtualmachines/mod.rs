@@ -37,7 +37,7 @@ use self::manifest::{
     API_VERSION, LIST_KIND, PathErrors, VirtualMachine, VirtualMachineList, name_error,
 };
 use self::mapping::{Binding, NamespaceRecord, Plan, Power, binding_key, namespace_key};
-use super::guard::authorize;
+use super::guard::{authorize, respond};
 use crate::error::ApiError;
 use crate::pve::nodes::qemu::{self, OP_TIMEOUT_MS};
 use crate::router::{Ctx, Endpoint, MAX_BODY_BYTES, Method, Privilege, Reply};
@@ -183,14 +183,7 @@ where
             return ApiError::param(param, e).into_response();
         }
     }
-    match f(ctx, body, names).await {
-        Ok((status, data)) => {
-            let mut resp = Reply::Data(data).into_response();
-            *resp.status_mut() = status;
-            resp
-        }
-        Err(e) => e.into_response(),
-    }
+    respond(f(ctx, body, names).await)
 }
 
 type NsPath = Result<Path<String>, PathRejection>;
