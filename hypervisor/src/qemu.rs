@@ -140,6 +140,12 @@ fn prepare_run_dir(dir: &Path) -> Result<(), HypervisorError> {
     Ok(())
 }
 
+/// The pid of the live QEMU started with `pidfile`, if any (a recycled pid is never
+/// mistaken for it). For processes outside a [`Qemu`] instance, e.g. the fence watchdog.
+pub fn running_pid(pidfile: &Path) -> Option<u32> {
+    read_pidfile(pidfile).filter(|&pid| qemu_alive(pid, pidfile))
+}
+
 fn read_pidfile(path: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(path).ok()?;
     text.trim().parse().ok().filter(|&pid| pid > 1)

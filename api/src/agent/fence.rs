@@ -32,6 +32,7 @@ use std::time::Duration;
 use gpve_actors::ha::RequestState;
 use gpve_actors::ha::fence::{FenceDecision, Fencer};
 use gpve_actors::vm::{self, VmHost};
+use gpve_hypervisor::qemu::running_pid;
 use gpve_supervisor::{ActorStats, ChildSpec, RestartPolicy};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -123,34 +124,9 @@ pub fn read_pet(data_dir: &Path) -> Result<Option<Pet>, FenceIoError> {
     }
 }
 
-/// The pid of the live QEMU started with `pidfile`, if any. The command line must name
-/// the pidfile, so a recycled pid is never killed by mistake.
-pub fn qemu_pid(pidfile: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    if pid <= 1 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    if matches!(state, Some("Z") | Some("X") | None) {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let want = pidfile.to_string_lossy().replace(',', ",,");
-    let mut args = cmdline.split(|&b| b == 0);
-    while let Some(arg) = args.next() {
-        if arg == b"-pidfile" {
-            return (args.next() == Some(want.as_bytes())).then_some(pid);
-        }
-    }
-    None
-}
-
 /// SIGKILL the QEMU of `pidfile` if it runs; its pid if it was killed.
 pub fn kill_qemu(pidfile: &Path) -> Option<u32> {
-    let pid = qemu_pid(pidfile)?;
+    let pid = running_pid(pidfile)?;
     let target = nix::unistd::Pid::from_raw(i32::try_from(pid).ok()?);
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).ok()?;
     Some(pid)
@@ -304,7 +280,7 @@ impl FenceActor {
                 continue;
             }
             let newer = known.is_none_or(|k| generation > k);
-            if !newer || !*running || qemu_pid(&self.pidfile(vmid)).is_some() {
+            if !newer || !*running || running_pid(&self.pidfile(vmid)).is_some() {
                 st.handled.insert(vmid, known.unwrap_or(0).max(generation));
                 continue;
             }
@@ -567,7 +543,7 @@ pub fn run_watchdog(data_dir: &Path) -> Result<(), FenceIoError> {
                         g.vmid
                     );
                 }
-            } else if qemu_pid(&g.pidfile).is_some() {
+            } else if running_pid(&g.pidfile).is_some() {
                 alive += 1;
             }
         }
@@ -602,10 +578,10 @@ mod tests {
         // A pidfile naming a live process that is not a QEMU with that pidfile (this test).
         let pidfile = dir.path().join("qemu.pid");
         std::fs::write(&pidfile, std::process::id().to_string()).unwrap();
-        assert_eq!(qemu_pid(&pidfile), None);
+        assert_eq!(running_pid(&pidfile), None);
         assert_eq!(kill_qemu(&pidfile), None);
         std::fs::write(&pidfile, "garbage").unwrap();
-        assert_eq!(qemu_pid(&pidfile), None);
+        assert_eq!(running_pid(&pidfile), None);
         std::fs::write(dir.path().join("fence/pet.json"), "{").unwrap();
         assert!(matches!(
             read_pet(dir.path()),
