@@ -27,6 +27,7 @@ PACKAGES=(
     iputils-ping            # reachability checks in network tests
     # vClusters
     etcd-server             # vCluster control-plane datastore
+    openssl                 # vCluster tests: certificate chain checks, a TLS /readyz stand-in
     # tools
     tmux                    # `make run` helpers and the actor console
 )
