@@ -197,6 +197,12 @@ pub enum HaInput {
         vmid: u32,
         node: String,
     },
+    /// The VM's record names `node`, another node than the manager's: a migration moved
+    /// it (the switchover changes the record's node in one transaction).
+    VmMigrated {
+        vmid: u32,
+        node: String,
+    },
     Tick,
 }
 
@@ -310,6 +316,24 @@ impl HaManager {
                     && r.config.state == RequestState::Started
                 {
                     set_status(r, ServiceStatus::Started, &mut out);
+                }
+            }
+            HaInput::VmMigrated { vmid, node } => {
+                // Only a resource the manager is not placing itself follows the record:
+                // in fence, recovery or relocation the manager's own placement stands.
+                if let Some(r) = self.resources.get_mut(&vmid)
+                    && r.node != node
+                    && matches!(
+                        r.status,
+                        ServiceStatus::Started
+                            | ServiceStatus::Stopped
+                            | ServiceStatus::Disabled
+                            | ServiceStatus::Ignored
+                    )
+                {
+                    r.node = node;
+                    // Restarts count per node.
+                    r.restarts = 0;
                 }
             }
             HaInput::VmStopped { .. } | HaInput::Tick => {}

@@ -123,6 +123,17 @@ pub struct VmEntry {
 }
 
 impl VmEntry {
+    /// The room the VM takes on its node, as the scheduler counts it.
+    pub fn placement(&self) -> crate::scheduler::Placement {
+        crate::scheduler::Placement {
+            vmid: self.record.vmid,
+            node: self.record.node.clone(),
+            cpus: self.record.maxcpu,
+            mem_bytes: self.record.maxmem_bytes,
+            anti_affinity: None,
+        }
+    }
+
     /// A new stopped VM on `node`.
     pub fn new(vmid: u32, node: &str, config: BTreeMap<String, String>) -> Self {
         let mut e = VmEntry {

@@ -27,7 +27,7 @@ use gpve_actors::ha::{
     HaAction, HaConfig, HaInput, HaManager, HaManagerMsg, NodeState, RequestState, ResourceConfig,
     ServiceStatus, VmFailure,
 };
-use gpve_actors::scheduler::{NodeCapacity, NodePriority, Placement};
+use gpve_actors::scheduler::{NodeCapacity, NodePriority};
 use gpve_actors::vm::{self, Desired, VmEntry};
 use gpve_store::{Key, Store, StoreError};
 use gpve_supervisor::{ActorStats, ChildSpec, EventKind, RestartPolicy, SupervisorHandle};
@@ -357,14 +357,12 @@ impl HaManagerActor {
             if n.node == self.local_node() {
                 continue;
             }
-            let online = lease.as_ref().is_some_and(|l| l.valid_at(now as i64));
-            nodes.push(NodeCapacity {
-                node: n.node.clone(),
-                cpus: load.as_ref().map_or(0, |l| l.maxcpu as u32),
-                mem_bytes: load.as_ref().map_or(0, |l| l.maxmem_bytes),
-                online,
-                cordoned: n.cordoned,
-            });
+            nodes.push(super::records::capacity(
+                n,
+                lease.as_ref(),
+                load.as_ref(),
+                now as i64,
+            ));
             match (lease, st.sm.node_state(&n.node)) {
                 (Some(l), None | Some(NodeState::Online)) if !l.valid_at(now as i64) => inputs
                     .push(HaInput::NodeLeaseExpired {
@@ -387,13 +385,7 @@ impl HaManagerActor {
             .vms
             .values()
             .filter(|e| !managed.contains_key(&e.record.vmid) && e.desired == Desired::Running)
-            .map(|e| Placement {
-                vmid: e.record.vmid,
-                node: e.record.node.clone(),
-                cpus: e.record.maxcpu,
-                mem_bytes: e.record.maxmem_bytes,
-                anti_affinity: None,
-            })
+            .map(VmEntry::placement)
             .collect();
         inputs.insert(0, HaInput::NodesUpdated { nodes, unmanaged });
 
@@ -419,6 +411,15 @@ impl HaManagerActor {
                     config,
                     node: e.record.node.clone(),
                     running: e.record.status == "running",
+                });
+            }
+            if let Some(s) = st.sm.resource(r.vmid)
+                && e.record.node != s.node
+                && e.lock.is_none()
+            {
+                inputs.push(HaInput::VmMigrated {
+                    vmid: r.vmid,
+                    node: e.record.node.clone(),
                 });
             }
             if let Some(s) = st.sm.resource(r.vmid)

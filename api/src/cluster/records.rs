@@ -135,3 +135,20 @@ pub async fn set_cordoned(
         })
         .await
 }
+
+/// A member as the scheduler sees it: the size it last reported, online while its lease
+/// holds, and its cordon flag.
+pub fn capacity(
+    record: &NodeRecord,
+    lease: Option<&Lease>,
+    load: Option<&NodeLoad>,
+    now_ms: i64,
+) -> gpve_actors::scheduler::NodeCapacity {
+    gpve_actors::scheduler::NodeCapacity {
+        node: record.node.clone(),
+        cpus: load.map_or(0, |l| u32::try_from(l.maxcpu).unwrap_or(u32::MAX)),
+        mem_bytes: load.map_or(0, |l| l.maxmem_bytes),
+        online: lease.is_some_and(|l| l.valid_at(now_ms)),
+        cordoned: record.cordoned,
+    }
+}

@@ -49,6 +49,10 @@ pub fn router() -> Routes {
             endpoint(&nodes::stopall::POST, nodes::stopall::post),
         )
         .route(
+            "/nodes/{node}/migrateall",
+            endpoint(&nodes::migrateall::POST, nodes::migrateall::post),
+        )
+        .route(
             "/cluster/resources",
             endpoint(&cluster::resources::GET, cluster::resources::get),
         )

@@ -555,3 +555,48 @@ fn a_running_vm_added_as_started_is_adopted_not_restarted() {
         }
     );
 }
+
+#[test]
+fn a_migrated_vm_is_followed_and_recovered_from_its_new_node() {
+    let mut m = cluster(&["n1", "n2", "n3"]);
+    // A live migration moved VM 100 to n2: no action, the manager now places it on n2.
+    let a = m.handle(
+        1_000,
+        HaInput::VmMigrated {
+            vmid: 100,
+            node: "n2".into(),
+        },
+    );
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(m.resource(100).unwrap().node, "n2");
+    assert_eq!(m.resource(100).unwrap().status, ServiceStatus::Started);
+    // Losing the old node does not touch it ...
+    let a = m.handle(
+        2_000,
+        HaInput::NodeLeaseExpired {
+            node: "n1".into(),
+            lease_deadline_ms: 2_000,
+        },
+    );
+    assert!(relocations(&a).is_empty(), "{a:?}");
+    assert_eq!(m.resource(100).unwrap().status, ServiceStatus::Started);
+    // ... losing the new one recovers it elsewhere after the grace.
+    m.handle(
+        3_000,
+        HaInput::NodeLeaseExpired {
+            node: "n2".into(),
+            lease_deadline_ms: 3_000,
+        },
+    );
+    let a = m.handle(3_000 + GRACE, HaInput::Tick);
+    assert_eq!(relocations(&a), vec![(100, "n2".into(), "n3".into(), 2)]);
+    // While the manager relocates it, the record naming the old node is not followed.
+    m.handle(
+        3_000 + GRACE + 1,
+        HaInput::VmMigrated {
+            vmid: 100,
+            node: "n2".into(),
+        },
+    );
+    assert_eq!(m.resource(100).unwrap().node, "n3");
+}

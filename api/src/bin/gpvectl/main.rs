@@ -119,7 +119,7 @@ same server is used; if there is none, gpvectl shows what the server presents an
         #[command(subcommand)]
         what: ha::HaCommand,
     },
-    /// Cluster nodes: list (with liveness), cordon, uncordon.
+    /// Cluster nodes: list (with liveness), cordon, uncordon, drain.
     Node {
         #[command(subcommand)]
         what: node::NodeCommand,

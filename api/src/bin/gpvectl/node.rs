@@ -1,5 +1,4 @@
-//! `gpvectl node list|cordon|uncordon`: the cluster's nodes. (`drain` needs live
-//! migration, which gpve does not have yet.)
+//! `gpvectl node list|cordon|uncordon|drain`: the cluster's nodes.
 
 use clap::Subcommand;
 use gpve_api::client::Client;
@@ -23,6 +22,24 @@ pub enum NodeCommand {
     #[command(after_help = "Examples:
   gpvectl node uncordon node2")]
     Uncordon { node: String },
+    /// Cordon a node, then migrate every VM off it (running ones live, stopped ones
+    /// offline), following the progress; exits non-zero if any VM stayed.
+    ///
+    /// Without --to, the scheduler picks each VM's node among the online, uncordoned
+    /// nodes. Each VM's migration is its own task (see `gpvectl task list`). The node
+    /// stays cordoned afterwards: `gpvectl node uncordon NODE` when maintenance is done.
+    #[command(after_help = "Examples:
+  gpvectl node drain node2
+  gpvectl node drain node2 --to node3 --max-workers 2")]
+    Drain {
+        node: String,
+        /// Send every VM to this node instead of letting the scheduler choose.
+        #[arg(long)]
+        to: Option<String>,
+        /// Migrations run at the same time (1-64).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+        max_workers: u8,
+    },
 }
 
 pub async fn run(client: &Client, cmd: NodeCommand, format: Format) -> anyhow::Result<()> {
@@ -64,6 +81,29 @@ pub async fn run(client: &Client, cmd: NodeCommand, format: Format) -> anyhow::R
         NodeCommand::Uncordon { node } => {
             client.uncordon_node(&node).await?;
             println!("node {node} uncordoned");
+            Ok(())
+        }
+        NodeCommand::Drain {
+            node,
+            to,
+            max_workers,
+        } => {
+            // The server's own node cannot be cordoned: drain it all the same.
+            match client.cordon_node(&node).await {
+                Ok(_) => eprintln!("node {node} cordoned"),
+                Err(e) if e.status() == Some(400) => eprintln!("note: {e}; not cordoned"),
+                Err(e) => return Err(e.into()),
+            }
+            let mut params = serde_json::json!({ "max-workers": max_workers });
+            if let Some(t) = &to {
+                params["target"] = serde_json::json!(t);
+            }
+            let upid: String = client
+                .post(&format!("/nodes/{node}/migrateall"), &params)
+                .await?;
+            eprintln!("draining node {node}: {upid}");
+            crate::vm::follow(client, &upid).await?;
+            println!("node {node} drained");
             Ok(())
         }
     }

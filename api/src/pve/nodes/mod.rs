@@ -2,6 +2,7 @@
 //! liveness their lease gives them (online, offline, unknown) and their last reported load.
 
 pub mod firewall;
+pub mod migrateall;
 pub mod network;
 pub mod qemu;
 pub mod rrddata;
@@ -176,6 +177,7 @@ pub async fn index(ctx: Ctx) -> Result<Reply, ApiError> {
         {"name": "tasks"},
         {"name": "startall"},
         {"name": "stopall"},
+        {"name": "migrateall"},
         {"name": "storage"},
         {"name": "qemu"},
         {"name": "rrddata"},

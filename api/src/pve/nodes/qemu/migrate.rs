@@ -23,6 +23,7 @@ use super::{entry, host, vmid};
 use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply, bool01};
 use crate::schema::{Format, Param, ParamSchema};
+use crate::state::AppState;
 
 /// `GET .../migrate`.
 pub const GET: Endpoint = Endpoint {
@@ -58,19 +59,19 @@ pub const POST: Endpoint = Endpoint {
 
 /// Every node a VM could go to: this node and the joined ones, with liveness from their
 /// lease and the cordon flag.
-async fn cluster_nodes(ctx: &Ctx) -> Result<Vec<TargetNode>, ApiError> {
-    let own = ctx.state.config.node_name.clone();
+pub async fn cluster_nodes(state: &AppState) -> Result<Vec<TargetNode>, ApiError> {
+    let own = state.config.node_name.clone();
     let mut nodes = vec![TargetNode {
         name: own.clone(),
         online: true,
         cordoned: false,
     }];
     let now_ms = i64::try_from(gpve_supervisor::wall_now_ms()).unwrap_or(i64::MAX);
-    for rec in crate::cluster::records::list_nodes(&ctx.state.store).await? {
+    for rec in crate::cluster::records::list_nodes(&state.store).await? {
         if rec.node == own {
             continue;
         }
-        let route = crate::cluster::records::node_route(&ctx.state.store, &rec.node).await?;
+        let route = crate::cluster::records::node_route(&state.store, &rec.node).await?;
         let online = route
             .and_then(|r| r.lease)
             .is_some_and(|l| l.valid_at(now_ms));
@@ -89,14 +90,14 @@ fn running(e: &VmEntry) -> bool {
 
 /// Why `target` cannot take the VM now, if it cannot.
 async fn refusal(
-    ctx: &Ctx,
+    state: &AppState,
     e: &VmEntry,
     target: &str,
     nodes: &[TargetNode],
     with_local_disks: bool,
 ) -> Result<Option<(MigrationError, Vec<VmDisk>)>, ApiError> {
-    let own = &ctx.state.config.node_name;
-    let disks = migrate::vm_disks(&host(&ctx.state), e, target).await?;
+    let own = &state.config.node_name;
+    let disks = migrate::vm_disks(&host(state), e, target).await?;
     if let Err(why) = migrate::check_target(own, target, nodes) {
         return Ok(Some((why, disks)));
     }
@@ -110,7 +111,7 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
     let vmid = vmid(&ctx)?;
     let e = entry(&ctx, vmid).await?;
     let own = ctx.state.config.node_name.clone();
-    let nodes = cluster_nodes(&ctx).await?;
+    let nodes = cluster_nodes(&ctx.state).await?;
     let candidates: Vec<&TargetNode> = match ctx.params.str("target") {
         Some(t) => {
             if !nodes.iter().any(|n| n.name == t) {
@@ -123,7 +124,7 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
     let mut allowed = Vec::new();
     let mut not_allowed = Map::new();
     for n in candidates {
-        match refusal(&ctx, &e, &n.name, &nodes, false).await? {
+        match refusal(&ctx.state, &e, &n.name, &nodes, false).await? {
             None => allowed.push(json!(n.name)),
             Some((why, disks)) => {
                 let unavailable: Vec<Value> = disks
@@ -163,8 +164,8 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
 }
 
 /// The target node's side of a migration, when this process can reach it.
-fn peer(ctx: &Ctx, target: &str) -> Result<Arc<dyn MigrationPeer>, ApiError> {
-    let _ = ctx;
+fn peer(state: &AppState, target: &str) -> Result<Arc<dyn MigrationPeer>, ApiError> {
+    let _ = state;
     Err(ApiError::BadRequest(format!(
         "migration to node '{target}' needs a migration channel to that node's agent, which is \
          not built yet (the protocol runs between node trees of one process only)"
@@ -174,7 +175,6 @@ fn peer(ctx: &Ctx, target: &str) -> Result<Arc<dyn MigrationPeer>, ApiError> {
 pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
     let vmid = vmid(&ctx)?;
     let e = entry(&ctx, vmid).await?;
-    let target = ctx.str("target")?.to_string();
     for (p, why) in [
         (
             "migration_network",
@@ -198,37 +198,67 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
             "mapping disks to other storages needs disk copy, which is not built yet; only '1' (keep each storage) is accepted",
         ));
     }
+    let ask = MigrationAsk {
+        target: ctx.str("target")?.to_string(),
+        online: ctx.params.bool("online").unwrap_or(false),
+        with_local_disks: ctx.params.bool("with-local-disks").unwrap_or(false),
+        options: MigrateOptions {
+            bwlimit_kib_s: ctx
+                .params
+                .int("bwlimit")
+                .and_then(|b| u64::try_from(b).ok()),
+            ..MigrateOptions::default()
+        },
+    };
+    let upid = start(&ctx.state, ctx.userid()?, &e, ask).await?;
+    Ok(Reply::Data(json!(upid)))
+}
+
+/// One VM's migration as asked by `POST .../migrate` or `migrateall`.
+#[derive(Debug, Clone)]
+pub struct MigrationAsk {
+    pub target: String,
+    /// Live migration; a running VM is refused without it.
+    pub online: bool,
+    pub with_local_disks: bool,
+    pub options: MigrateOptions,
+}
+
+/// Refuses what cannot be migrated (before any task), then starts the `qmigrate` task of
+/// the VM `e` on this node; returns its UPID.
+pub async fn start(
+    state: &AppState,
+    user: &str,
+    e: &VmEntry,
+    ask: MigrationAsk,
+) -> Result<String, ApiError> {
+    let vmid = e.record.vmid;
     if let Some(lock) = &e.lock {
         return Err(ApiError::Conflict(format!("VM {vmid} is locked ({lock})")));
     }
-    let online = ctx.params.bool("online").unwrap_or(false);
-    if running(&e) && !online {
+    if running(e) && !ask.online {
         return Err(ApiError::BadRequest(format!(
             "can't migrate running VM {vmid} without --online"
         )));
     }
-    let with_local_disks = ctx.params.bool("with-local-disks").unwrap_or(false);
-    let nodes = cluster_nodes(&ctx).await?;
-    if let Some((why, _)) = refusal(&ctx, &e, &target, &nodes, with_local_disks).await? {
+    let nodes = cluster_nodes(state).await?;
+    if let Some((why, _)) = refusal(state, e, &ask.target, &nodes, ask.with_local_disks).await? {
         return Err(VmError::from(why).into());
     }
-    let peer = peer(&ctx, &target)?;
-    let options = MigrateOptions {
-        bwlimit_kib_s: ctx
-            .params
-            .int("bwlimit")
-            .and_then(|b| u64::try_from(b).ok()),
-        ..MigrateOptions::default()
-    };
-    let user = ctx.userid()?.to_string();
-    let host = host(&ctx.state);
-    let upid = ctx
-        .state
+    let peer = peer(state, &ask.target)?;
+    let host = host(state);
+    let MigrationAsk {
+        online,
+        with_local_disks,
+        options,
+        ..
+    } = ask;
+    let upid = state
         .tasks
         .spawn(
             "qmigrate",
             &vmid.to_string(),
-            &user,
+            user,
             move |task| async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(migrate::MIGRATE_LOG_QUEUE_LEN);
                 let writer = {
@@ -255,5 +285,5 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
             },
         )
         .await?;
-    Ok(Reply::Data(json!(upid.to_string())))
+    Ok(upid.to_string())
 }
