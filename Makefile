@@ -72,6 +72,7 @@ bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo test -p gpve-api --release --test cluster_ha -- --nocapture
 	cargo test -p gpve-actors --release --lib -- scheduler::tests::placement_time --nocapture --test-threads 1
 	cargo test -p gpve-hypervisor --release --test qemu_migration bench_live_migration_256mib -- --ignored --nocapture
+	cargo test -p gpve-api --release --test cluster_migrate bench_agent_migration -- --ignored --nocapture
 	VC_BENCH_N=1000 cargo test -p gpve-api --release --test vcluster_bench -- --ignored --nocapture
 	cargo build --release -p gpve-simulation
 	$(RELEASE_BIN)/gpve-simulation --seed 1 --nodes 3 --vms 50 --duration 600s --faults default

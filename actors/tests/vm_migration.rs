@@ -135,6 +135,7 @@ fn request(
             with_local_disks: false,
             options: MigrateOptions::default(),
             peer,
+            tls_creds_dir: None,
             log: Some(tx),
         },
         rx,
@@ -180,7 +181,7 @@ impl MigrationPeer for DyingTarget {
         vmid: u32,
         config: BTreeMap<String, String>,
         generation: u64,
-    ) -> Result<String, MigrationError> {
+    ) -> Result<migrate::IncomingTarget, MigrationError> {
         let uri = self.0.prepare_incoming(vmid, config, generation).await?;
         let pid = qemu_pid(&self.1, vmid).expect("the incoming QEMU runs");
         // Mid-stream: the bandwidth limit below makes the transfer take seconds.

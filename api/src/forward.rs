@@ -175,6 +175,12 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     match state.forward.get() {
         None => next.run(req).await,
         Some(Role::Agent) => {
+            // The server's own calls (never a user's: forwarding always adds the header).
+            if req.uri().path() == crate::agent::migration::INTERNAL_PATH
+                && !req.headers().contains_key(FORWARDED_IDENTITY_HEADER)
+            {
+                return crate::agent::migration::serve(&state, req).await;
+            }
             let forwarded = req
                 .headers()
                 .get(FORWARDED_IDENTITY_HEADER)
@@ -213,15 +219,13 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
     }
 }
 
-async fn forward(
-    state: &AppState,
+/// A client for agent `node`'s API listener and the `https://NAME:PORT` base of its URLs;
+/// 595 when the node is offline or reported no address.
+pub(crate) async fn agent_client(
     forwarder: &Forwarder,
     node: &str,
     route: crate::cluster::records::NodeRoute,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let identity = crate::router::authenticate_for_forwarding(state, &parts).await?;
+) -> Result<(reqwest::Client, String), ApiError> {
     let offline = |reason: String| ApiError::NodeOffline {
         node: node.to_string(),
         reason,
@@ -241,6 +245,28 @@ async fn forward(
     let client = forwarder
         .client(node, addr)
         .map_err(|e| ApiError::Internal(gpve_actors::storage::error_chain(&e)))?;
+    let base = format!(
+        "https://{}:{}",
+        gpve_transport::tls::node_server_name(node),
+        addr.port()
+    );
+    Ok((client, base))
+}
+
+async fn forward(
+    state: &AppState,
+    forwarder: &Forwarder,
+    node: &str,
+    route: crate::cluster::records::NodeRoute,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let identity = crate::router::authenticate_for_forwarding(state, &parts).await?;
+    let offline = |reason: String| ApiError::NodeOffline {
+        node: node.to_string(),
+        reason,
+    };
+    let (client, base) = agent_client(forwarder, node, route).await?;
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge)?;
@@ -250,11 +276,7 @@ async fn forward(
         .map(|u| u.0.clone())
         .unwrap_or_else(|| parts.uri.clone());
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = format!(
-        "https://{}:{}{path_and_query}",
-        gpve_transport::tls::node_server_name(node),
-        addr.port()
-    );
+    let url = format!("{base}{path_and_query}");
     let mut out = client
         .request(parts.method.clone(), url)
         .header(FORWARDED_IDENTITY_HEADER, encode_identity(&identity))

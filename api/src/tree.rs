@@ -279,8 +279,11 @@ pub fn root_spec(
 ) -> SupervisorSpec {
     let tenants = crate::vcluster::supervisor_child(&cluster.data_dir, api.state.clone());
     let ha = crate::cluster::ha::child(api.state.clone(), Default::default());
+    // After the VMs: the server node's part in live migrations (clustered servers only).
+    let migration = crate::cluster::migration::server_child(&cluster, &api);
     let cluster = crate::cluster::supervisor_child(cluster, store.clone(), Some(ha));
-    let node_tree = node_children(node, store.clone(), &api.state);
+    let mut node_tree = node_children(node, store.clone(), &api.state);
+    node_tree.extend(migration);
     let mut spec = SupervisorSpec::new(ROOT)
         .kind("server")
         .strategy(Strategy::OneForOne)

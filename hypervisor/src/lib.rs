@@ -245,12 +245,15 @@ pub trait Hypervisor: Send + Sync + 'static {
 
     /// Starts the VM paused as a migration target (`-incoming defer`, then
     /// `migrate-incoming` to `listen`, a `tcp:HOST:PORT` URI; port 0 lets QEMU choose).
-    /// The process ends by itself if the incoming migration fails.
+    /// With `tls_dir` the stream must come over TLS with a client certificate the CA in
+    /// that directory signed (see [`migrate::MigrationTls`]). The process ends by itself
+    /// if the incoming migration fails.
     async fn start_incoming(
         &self,
         spec: &QemuSpec,
         run_dir: &Path,
         listen: &str,
+        tls_dir: Option<&Path>,
     ) -> Result<IncomingVm, HypervisorError>;
 }
 

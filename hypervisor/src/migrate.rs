@@ -11,6 +11,8 @@
 //! and quits the source. A failure resumes the source (QEMU does so itself) and ends the
 //! target process.
 
+use std::path::{Path, PathBuf};
+
 use serde_json::Value;
 
 /// Proxmox's default `migrate_downtime` (0.1 s).
@@ -40,6 +42,43 @@ pub enum MigrateError {
     NotRunning { status: String },
     #[error("the incoming side did not report where it listens")]
     NoListenAddress,
+    #[error("TLS credentials directory {dir:?} cannot be used on a QEMU command line: {reason}")]
+    TlsDir { dir: PathBuf, reason: String },
+}
+
+/// The QOM id of the TLS credentials object a migration uses on either side.
+pub const MIGRATION_TLS_OBJECT_ID: &str = "gpve-migration-tls";
+
+/// The source side of a TLS migration (QEMU `tls-creds-x509`, `endpoint=client`).
+///
+/// `creds_dir` holds the files QEMU's x509 credentials read: `ca-cert.pem` (the cluster
+/// CA, which must have signed the peer), `client-cert.pem` / `client-key.pem` for the
+/// source and `server-cert.pem` / `server-key.pem` for the target. `hostname` is the name
+/// the target's certificate must carry: the URI holds an address, which the node
+/// certificates do not name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTls {
+    pub creds_dir: PathBuf,
+    pub hostname: String,
+}
+
+/// The `-object` value of the credentials of a TLS migration `endpoint` (`server` on the
+/// target, `client` on the source). QEMU's option parser splits on commas, so a
+/// directory with one is refused instead of being misread.
+pub fn tls_object_arg(dir: &Path, endpoint: &str) -> Result<String, MigrateError> {
+    let text = dir.to_str().ok_or_else(|| MigrateError::TlsDir {
+        dir: dir.to_path_buf(),
+        reason: "the path is not UTF-8".into(),
+    })?;
+    if text.contains(',') || !dir.is_absolute() {
+        return Err(MigrateError::TlsDir {
+            dir: dir.to_path_buf(),
+            reason: "the path must be absolute and contain no comma".into(),
+        });
+    }
+    Ok(format!(
+        "tls-creds-x509,id={MIGRATION_TLS_OBJECT_ID},endpoint={endpoint},dir={text},verify-peer=on"
+    ))
 }
 
 /// What the source does, as Proxmox sets it up (`QemuMigrate::phase2`).
@@ -52,6 +91,8 @@ pub struct MigrateOptions {
     /// Whole migration; cancelled (`migrate_cancel`) after this.
     pub timeout_ms: u64,
     pub poll_interval_ms: u64,
+    /// Encrypt the stream (Proxmox `migration_type=secure`); `None`: plain TCP.
+    pub tls: Option<MigrationTls>,
 }
 
 impl Default for MigrateOptions {
@@ -61,6 +102,7 @@ impl Default for MigrateOptions {
             bwlimit_kib_s: None,
             timeout_ms: MIGRATE_TIMEOUT_MS_DEFAULT,
             poll_interval_ms: MIGRATE_POLL_MS_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -334,6 +376,20 @@ mod tests {
             listen_uri_from(&json!({"status": "setup"})),
             Err(MigrateError::NoListenAddress)
         );
+    }
+
+    #[test]
+    fn tls_objects_name_the_endpoint_and_refuse_unsafe_dirs() {
+        assert_eq!(
+            tls_object_arg(Path::new("/var/lib/gpve/migration-tls"), "server").expect("ok"),
+            "tls-creds-x509,id=gpve-migration-tls,endpoint=server,dir=/var/lib/gpve/migration-tls,verify-peer=on"
+        );
+        for bad in ["relative/dir", "/a,b"] {
+            assert!(matches!(
+                tls_object_arg(Path::new(bad), "client"),
+                Err(MigrateError::TlsDir { .. })
+            ));
+        }
     }
 
     #[test]

@@ -334,6 +334,7 @@ impl Hypervisor for Qemu {
         spec: &QemuSpec,
         run_dir: &Path,
         listen: &str,
+        tls_dir: Option<&Path>,
     ) -> Result<IncomingVm, HypervisorError> {
         let vmid = spec.vmid;
         let mig = |source| HypervisorError::Migration { vmid, source };
@@ -342,8 +343,21 @@ impl Hypervisor for Qemu {
         spec.start_paused = true;
         spec.args
             .extend(["-incoming".to_string(), "defer".to_string()]);
+        if let Some(dir) = tls_dir {
+            let object = crate::migrate::tls_object_arg(dir, "server").map_err(mig)?;
+            spec.args.extend(["-object".to_string(), object]);
+        }
         let vm = self.launch(&spec, run_dir).await?;
         let listening = async {
+            if tls_dir.is_some() {
+                // The target must know before it listens: it then accepts only TLS
+                // from a client certificate the cluster CA signed (verify-peer).
+                vm.raw(
+                    "migrate-set-parameters",
+                    serde_json::json!({ "tls-creds": crate::migrate::MIGRATION_TLS_OBJECT_ID }),
+                )
+                .await?;
+            }
             vm.raw("migrate-incoming", serde_json::json!({ "uri": listen }))
                 .await?;
             let info = vm.raw("query-migrate", serde_json::json!({})).await?;
@@ -582,14 +596,36 @@ impl VmProcess for QemuVm {
             ]}),
         )
         .await?;
-        self.raw(
-            "migrate-set-parameters",
-            serde_json::json!({
-                "downtime-limit": options.downtime_limit_ms,
-                "max-bandwidth": options.max_bandwidth_bytes_s(),
-            }),
-        )
-        .await?;
+        let mut params = serde_json::json!({
+            "downtime-limit": options.downtime_limit_ms,
+            "max-bandwidth": options.max_bandwidth_bytes_s(),
+            // Empty: plain TCP (also undoes the credentials of an earlier TLS attempt).
+            "tls-creds": "",
+        });
+        if let Some(tls) = &options.tls {
+            let id = crate::migrate::MIGRATION_TLS_OBJECT_ID;
+            // An earlier attempt may have left its object (with other files): replace it.
+            let _ = self
+                .raw("object-del", serde_json::json!({ "id": id }))
+                .await;
+            let dir = tls.creds_dir.to_str().ok_or_else(|| {
+                mig(MigrateError::TlsDir {
+                    dir: tls.creds_dir.clone(),
+                    reason: "the path is not UTF-8".into(),
+                })
+            })?;
+            self.raw(
+                "object-add",
+                serde_json::json!({
+                    "qom-type": "tls-creds-x509", "id": id, "endpoint": "client",
+                    "dir": dir, "verify-peer": true,
+                }),
+            )
+            .await?;
+            params["tls-creds"] = id.into();
+            params["tls-hostname"] = tls.hostname.clone().into();
+        }
+        self.raw("migrate-set-parameters", params).await?;
         self.raw("migrate", serde_json::json!({ "uri": uri }))
             .await?;
         let outcome = self.poll_migration(options, progress).await;

@@ -329,6 +329,8 @@ impl Hypervisor for SimHypervisor {
         spec: &QemuSpec,
         run_dir: &Path,
         listen: &str,
+        // The simulated stream has no bytes to encrypt.
+        _tls_dir: Option<&Path>,
     ) -> Result<IncomingVm, HypervisorError> {
         let vmid = spec.vmid;
         let (host, port) = crate::migrate::parse_tcp_uri(listen)

@@ -168,7 +168,7 @@ async fn migration(s: Subject, root: &Path) {
     ));
 
     let incoming = hv
-        .start_incoming(&spec, &root.join("dst"), "tcp:127.0.0.1:0")
+        .start_incoming(&spec, &root.join("dst"), "tcp:127.0.0.1:0", None)
         .await
         .expect("start incoming");
     assert!(incoming.uri.starts_with("tcp:127.0.0.1:"));

@@ -186,7 +186,7 @@ impl pb::node_server::Node for NodeSvc {
     }
 }
 
-/// Serve `Join` and `Node` on `listener` until `shutdown` resolves. Each TLS handshake
+/// Serve `Join`, `Node` (and `Store`, `Migration` when the service has them) on `listener` until `shutdown` resolves. Each TLS handshake
 /// runs in its own task, bounded by `handshake_timeout_ms`, so a slow client delays no
 /// one else.
 pub async fn serve(
@@ -240,6 +240,10 @@ pub async fn serve(
             .max_decoding_message_size(crate::store::MAX_STORE_MESSAGE_BYTES)
             .max_encoding_message_size(crate::store::MAX_STORE_MESSAGE_BYTES)
     });
+    let migration = service.migration().map(|relay| {
+        pb::migration_server::MigrationServer::new(crate::migration::MigrationSvc(relay))
+            .max_decoding_message_size(crate::migration::MAX_MIGRATION_MESSAGE_BYTES)
+    });
     let result = tonic::transport::Server::builder()
         .add_service(
             pb::join_server::JoinServer::new(JoinSvc(service.clone()))
@@ -250,6 +254,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_optional_service(store)
+        .add_optional_service(migration)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     accept.abort();

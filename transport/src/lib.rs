@@ -17,6 +17,7 @@
 
 pub mod grpc;
 pub mod mem;
+pub mod migration;
 pub mod pki;
 pub mod store;
 pub mod tls;
@@ -163,6 +164,10 @@ pub trait ClusterService: Send + Sync + 'static {
     ) -> Result<HeartbeatAck, ServiceError>;
     /// The store agents reach through the `Store` service; `None` serves no store.
     fn store(&self) -> Option<gpve_store::Store> {
+        None
+    }
+    /// The relay behind the `Migration` service; `None` serves no such service.
+    fn migration(&self) -> Option<Arc<dyn migration::MigrationRelay>> {
         None
     }
 }

@@ -9,7 +9,9 @@
 //! Live migration, step by step:
 //! 1. The source actor takes the lock `migrate` on the record (refused when locked).
 //! 2. `prepare_incoming`: the target starts a paused QEMU with `-incoming` listening on
-//!    a TCP port of its choice and answers with the URI.
+//!    a TCP port of its choice and answers with the URI, and with the name its
+//!    certificate carries when it accepts only TLS (its [`LocalPeer`] has credentials):
+//!    the source then sends the stream over TLS with its own node certificate.
 //! 3. The source runs QEMU `migrate` to that URI and polls `query-migrate` (progress
 //!    lines go to the task log, as Proxmox writes them).
 //! 4. Switchover, in ONE store transaction: the record's `node` becomes the target and
@@ -26,11 +28,12 @@
 //! on shared storage: moving local disks while running (NBD drive-mirror) is not built.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gpve_hypervisor::migrate::render_bytes;
+use gpve_hypervisor::migrate::{MigrationTls, render_bytes};
 use gpve_hypervisor::{MigrateOptions, MigrationProgress, VmProcess};
 use tokio::sync::{Mutex, mpsc};
 
@@ -96,6 +99,19 @@ pub enum MigrationError {
     /// QEMU's own failure, with its reason (the message names the VM already).
     #[error("{message}")]
     Qemu { vmid: u32, message: String },
+    #[error(
+        "node '{node}' accepts VM {vmid} only over TLS, and this node has no migration TLS credentials"
+    )]
+    NoTlsCredentials { node: String, vmid: u32 },
+    /// The target node's own refusal or failure, as it reported it through the relay.
+    #[error("{message}")]
+    Remote { node: String, message: String },
+    #[error("cannot reach node '{node}' for the migration of VM {vmid}: {message}")]
+    Unreachable {
+        node: String,
+        vmid: u32,
+        message: String,
+    },
 }
 
 impl MigrationError {
@@ -115,19 +131,28 @@ impl MigrationError {
     }
 }
 
+/// Where a prepared target waits for the migration stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingTarget {
+    /// `tcp:HOST:PORT`.
+    pub uri: String,
+    /// `Some(name)`: the target accepts only TLS, and its certificate names `name`.
+    pub tls_hostname: Option<String>,
+}
+
 /// The target node's part of a migration.
 #[async_trait]
 pub trait MigrationPeer: Send + Sync + 'static {
     /// The target node's name.
     fn node(&self) -> &str;
-    /// Start a paused QEMU for `config` waiting for the migration stream; returns the
-    /// `tcp:HOST:PORT` URI it listens on. `generation` is the placement the VM will get.
+    /// Start a paused QEMU for `config` waiting for the migration stream; returns where
+    /// it listens. `generation` is the placement the VM will get.
     async fn prepare_incoming(
         &self,
         vmid: u32,
         config: BTreeMap<String, String>,
         generation: u64,
-    ) -> Result<String, MigrationError>;
+    ) -> Result<IncomingTarget, MigrationError>;
     /// After the switchover: check the record names this node at `generation`, resume
     /// the incoming QEMU (if any: none for an offline migration) and start the VM actor.
     async fn finish_incoming(&self, vmid: u32, generation: u64) -> Result<(), MigrationError>;
@@ -144,6 +169,9 @@ pub struct MigrateRequest {
     pub with_local_disks: bool,
     pub options: MigrateOptions,
     pub peer: Arc<dyn MigrationPeer>,
+    /// This node's migration TLS credentials (see [`MigrationTls`]), used when the target
+    /// asks for TLS.
+    pub tls_creds_dir: Option<PathBuf>,
     /// Task-log lines (Proxmox's wording), if someone writes them.
     pub log: Option<mpsc::Sender<String>>,
 }
@@ -384,10 +412,26 @@ impl VmActor {
             )));
         };
         req.log(format!("starting VM {vmid} on remote node '{target}'"));
-        let uri = req
+        let incoming = req
             .peer
             .prepare_incoming(vmid, entry.config.clone(), generation + 1)
             .await?;
+        let mut options = req.options.clone();
+        match (&incoming.tls_hostname, &req.tls_creds_dir) {
+            (Some(hostname), Some(dir)) => {
+                options.tls = Some(MigrationTls {
+                    creds_dir: dir.clone(),
+                    hostname: hostname.clone(),
+                });
+                req.log(format!("migration type: secure (TLS, peer '{hostname}')"));
+            }
+            (Some(_), None) => {
+                self.abort_target(req, vmid).await;
+                return Err(MigrationError::NoTlsCredentials { node: target, vmid }.into());
+            }
+            (None, _) => req.log("migration type: insecure (plain TCP)"),
+        }
+        let uri = incoming.uri;
         req.log(format!(
             "migration downtime limit: {} ms",
             req.options.downtime_limit_ms
@@ -417,7 +461,7 @@ impl VmActor {
                 render_bytes(p.total_bytes)
             ));
         };
-        let stats = match process.migrate(&uri, &req.options, &progress).await {
+        let stats = match process.migrate(&uri, &options, &progress).await {
             Ok(stats) => stats,
             Err(e) => {
                 self.abort_target(req, vmid).await;
@@ -531,16 +575,43 @@ pub struct LocalPeer {
     host: VmHost,
     /// Address the incoming QEMU listens on (the node's migration network).
     listen_host: String,
+    /// With TLS credentials: incoming streams must be TLS from a CA-signed node.
+    tls: Option<LocalTls>,
     incoming: Mutex<BTreeMap<u32, Box<dyn VmProcess>>>,
 }
 
+/// A node's migration TLS credentials, as its incoming side uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTls {
+    /// See [`MigrationTls`] for the files.
+    pub creds_dir: PathBuf,
+    /// The name this node's certificate carries.
+    pub hostname: String,
+}
+
 impl LocalPeer {
+    /// A target side accepting plain TCP on `listen_host`.
     pub fn new(host: VmHost, listen_host: impl Into<String>) -> Arc<Self> {
+        Self::with_tls(host, listen_host, None)
+    }
+
+    /// A target side that, with `tls`, accepts only TLS streams.
+    pub fn with_tls(
+        host: VmHost,
+        listen_host: impl Into<String>,
+        tls: Option<LocalTls>,
+    ) -> Arc<Self> {
         Arc::new(LocalPeer {
             host,
             listen_host: listen_host.into(),
+            tls,
             incoming: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Incoming QEMU processes waiting for a stream or a switchover.
+    pub async fn incoming_count(&self) -> usize {
+        self.incoming.lock().await.len()
     }
 
     fn target_err(&self, vmid: u32, e: impl std::fmt::Display) -> MigrationError {
@@ -570,27 +641,45 @@ impl MigrationPeer for LocalPeer {
         vmid: u32,
         config: BTreeMap<String, String>,
         _generation: u64,
-    ) -> Result<String, MigrationError> {
+    ) -> Result<IncomingTarget, MigrationError> {
         let mut incoming = self.incoming.lock().await;
-        if incoming.contains_key(&vmid) || self.has_actor(vmid) {
+        if self.has_actor(vmid) {
             return Err(MigrationError::AlreadyHere {
                 vmid,
                 node: self.host.node.clone(),
             });
         }
+        // Left by an earlier attempt whose abort never arrived (the source lost its way
+        // here): the VM's `migrate` lock admits one migration at a time, so it is stale.
+        if let Some(stale) = incoming.remove(&vmid) {
+            tracing::warn!(
+                vmid,
+                "replacing a stale incoming QEMU of an earlier migration"
+            );
+            let _ = stale.kill().await;
+            let _ = self.host.network.unplug(vmid).await;
+        }
         let spec = prepare_spec(&self.host, vmid, &config)
             .await
             .map_err(|e| self.target_err(vmid, crate::storage::error_chain(&e)))?;
-        let listen = format!("tcp:{}:0", self.listen_host);
+        let listen = if self.listen_host.contains(':') {
+            format!("tcp:[{}]:0", self.listen_host)
+        } else {
+            format!("tcp:{}:0", self.listen_host)
+        };
+        let tls_dir = self.tls.as_ref().map(|t| t.creds_dir.as_path());
         match self
             .host
             .hypervisor
-            .start_incoming(&spec, &self.host.run_dir(vmid), &listen)
+            .start_incoming(&spec, &self.host.run_dir(vmid), &listen, tls_dir)
             .await
         {
             Ok(vm) => {
                 incoming.insert(vmid, vm.process);
-                Ok(vm.uri)
+                Ok(IncomingTarget {
+                    uri: vm.uri,
+                    tls_hostname: self.tls.as_ref().map(|t| t.hostname.clone()),
+                })
             }
             Err(e) => {
                 let _ = self.host.network.unplug(vmid).await;

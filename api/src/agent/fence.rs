@@ -8,7 +8,9 @@
 //! killing any that appears, until it sees a valid lease again
 //! (`gpve_actors::ha::fence::Fencer`). Whenever the store answers, it also kills the local
 //! QEMU of an HA VM whose record now names another node: a stale placement (the server
-//! relocated it under a newer generation) never keeps running.
+//! relocated it under a newer generation) never keeps running. A VM locked by a migration
+//! is left to it: the target's incoming QEMU (paused until the switchover) and the
+//! source's (paused after it) are the migration's to keep or kill.
 //!
 //! The same actor is the node's local resource manager for HA (Proxmox's LRM): when the
 //! lease holds and an HA VM placed on this node gets a newer generation with `desired`
@@ -184,8 +186,17 @@ pub struct FenceState {
 struct Seen {
     lease: Option<Lease>,
     resources: Vec<ResourceRecord>,
-    /// VMID → (node, generation, desired running).
-    placements: BTreeMap<u32, (String, u64, bool)>,
+    placements: BTreeMap<u32, Placed>,
+}
+
+/// Where an HA VM's record places it.
+struct Placed {
+    node: String,
+    generation: u64,
+    desired_running: bool,
+    /// Locked by a migration: the source and the target each hold a QEMU of it (the
+    /// target's paused until the switchover) and the migration owns both.
+    migrating: bool,
 }
 
 impl FenceActor {
@@ -206,11 +217,13 @@ impl FenceActor {
                 if let Some(e) = vm::load_entry(&self.host.store, r.vmid).await? {
                     placements.insert(
                         r.vmid,
-                        (
-                            e.record.node,
-                            e.generation,
-                            e.desired == vm::Desired::Running,
-                        ),
+                        Placed {
+                            migrating: e.lock.as_deref()
+                                == Some(gpve_actors::vm::migrate::MIGRATE_LOCK),
+                            node: e.record.node,
+                            generation: e.generation,
+                            desired_running: e.desired == vm::Desired::Running,
+                        },
                     );
                 }
             }
@@ -249,7 +262,11 @@ impl FenceActor {
         let fenced = std::mem::take(&mut st.fenced);
         for (vmid, generation) in fenced {
             match seen.placements.get(&vmid) {
-                Some((node, g, true)) if *node == self.host.node && *g == generation => {
+                Some(p)
+                    if p.desired_running
+                        && p.node == self.host.node
+                        && p.generation == generation =>
+                {
                     gpve_actors::ha::report_vm_failure(
                         self.host.store.clone(),
                         self.host.directory.clone(),
@@ -269,9 +286,14 @@ impl FenceActor {
     /// Start the HA VMs the server placed here under a newer generation (LRM).
     async fn start_placed(&self, st: &mut FenceState, seen: &Seen) {
         for (&vmid, &generation) in &st.guarded {
-            let Some((_, _, running)) = seen.placements.get(&vmid) else {
+            let Some(placed) = seen.placements.get(&vmid) else {
                 continue;
             };
+            if placed.migrating {
+                // The migration starts the target's actor itself at its switchover.
+                continue;
+            }
+            let running = &placed.desired_running;
             let known = st.handled.get(&vmid).copied();
             if !st.initialized {
                 // Agent start: the qemu supervisor already started what the store wants;
@@ -405,12 +427,19 @@ impl Actor for FenceActor {
                 }
                 st.guarded.clear();
                 for r in &seen.resources {
-                    let Some((node, generation, _)) = seen.placements.get(&r.vmid) else {
+                    let Some(Placed {
+                        node,
+                        generation,
+                        migrating,
+                        ..
+                    }) = seen.placements.get(&r.vmid)
+                    else {
                         continue;
                     };
                     if *node == self.host.node && r.state != RequestState::Ignored {
                         st.guarded.insert(r.vmid, *generation);
                     } else if *node != self.host.node
+                        && !migrating
                         && let Some(pid) = kill_qemu(&self.pidfile(r.vmid))
                     {
                         tracing::error!(vmid = r.vmid, pid, placed_on = %node, generation,

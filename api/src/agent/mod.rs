@@ -15,6 +15,9 @@
 //! ├── usage-sampler      node and VM usage
 //! ├── api                HTTPS listener for forwarded calls (only the server's proxy
 //! │                      certificate is admitted; identity from the server)
+//! ├── migration          this node's part in live migrations: its target side (incoming
+//! │                      QEMUs, reached by the server on [`migration::INTERNAL_PATH`]) and
+//! │                      the client of the server's gRPC `Migration` relay
 //! └── transport          the session to the server: heartbeats every 1 s (with the API
 //!                        address), reconnects after any outage with exponential backoff
 //! ```
@@ -29,12 +32,15 @@
 //! DIR/ca.pem       the cluster CA (pinned at the join by the token's fingerprint)
 //! DIR/cert.pem     this node's certificate, signed by the cluster CA
 //! DIR/key.pem      its private key (0600), generated here: it never left the node
+//! DIR/migration-tls/  the same CA, certificate and key under the names QEMU's TLS
+//!                  migration reads (0600), rewritten at every start
 //! ```
 //!
 //! Not here: `ractor_cluster` over the session (the server forwards HTTP instead, like
 //! pveproxy).
 
 pub mod fence;
+pub mod migration;
 pub mod session;
 
 use std::io::Write;
@@ -94,6 +100,10 @@ pub enum AgentError {
     Store(#[source] LinkError),
     #[error("the node's API TLS configuration is unusable")]
     ApiTls(#[source] gpve_transport::tls::TlsError),
+    #[error("setting up live migration failed")]
+    Migration(#[source] crate::cluster::migration::MigrationSetupError),
+    #[error("the migration client to the server is unusable")]
+    MigrationLink(#[source] LinkError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -372,6 +382,47 @@ pub struct NodeRunOptions {
     pub api_advertise: Option<String>,
 }
 
+/// The `migration` child: this node's target side listening on the address its API
+/// listener reports to the server, TLS with the node certificate, and the relay client.
+async fn migration_child(
+    data_dir: &Path,
+    config: &AgentConfig,
+    creds: &NodeCredentials,
+    state: &AppState,
+    listen: &Option<Arc<Mutex<SocketAddr>>>,
+    advertise: Option<String>,
+) -> Result<ChildSpec, AgentError> {
+    use crate::cluster::migration as m;
+    let tls_dir = data_dir.join(m::MIGRATION_TLS_DIR);
+    m::write_tls_creds(&tls_dir, &creds.ca_pem, &creds.cert_pem, &creds.key_pem)
+        .map_err(AgentError::Migration)?;
+    let bound = listen
+        .as_ref()
+        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).to_string());
+    let node = config.node_name.clone();
+    let local = m::listen_host(&[advertise, bound]).map(|host| {
+        gpve_actors::vm::migrate::LocalPeer::with_tls(
+            crate::pve::nodes::qemu::host(state),
+            host,
+            Some(gpve_actors::vm::migrate::LocalTls {
+                creds_dir: tls_dir.clone(),
+                hostname: gpve_transport::tls::node_server_name(&node),
+            }),
+        )
+    });
+    let relay = gpve_transport::migration::MigrationClient::connect(&config.server_endpoint, creds)
+        .await
+        .map_err(AgentError::MigrationLink)?;
+    Ok(m::child(Arc::new(m::NodeMigration {
+        node,
+        store: state.store.clone(),
+        local,
+        tls_creds_dir: Some(tls_dir),
+        relay: Some(relay),
+        forwarder: None,
+    })))
+}
+
 /// Start the full node from a joined data directory: the node tree on the server's store,
 /// the forwarded-API listener and the session (see the module documentation). The store
 /// connects lazily, so the agent starts while the server is down and catches up.
@@ -442,6 +493,17 @@ pub async fn start_node(data_dir: &Path, opts: NodeRunOptions) -> Result<Running
             state: state.clone(),
         }));
     }
+    spec = spec.child(
+        migration_child(
+            data_dir,
+            &config,
+            &creds,
+            &state,
+            &listen,
+            session.api_advertise.clone(),
+        )
+        .await?,
+    );
     spec = spec.child(fence::child(
         data_dir.to_path_buf(),
         crate::pve::nodes::qemu::host(&state),

@@ -6,7 +6,8 @@
 //! cluster                    supervisor, rest-for-one
 //! ├── membership             supervisor; monitors added on demand, escalation logged
 //! │   └── node-monitor:{n}   fails when n's lease expires (the HA manager hooks in here)
-//! ├── grpc                   owns the gRPC listener (Join, Node); rebuilds the monitors
+//! ├── grpc                   owns the gRPC listener (Join, Node, Store, Migration relay);
+//! │                          rebuilds the monitors
 //! └── ha-manager             HA state machine: restarts, relocations, recovery ([`ha`])
 //! ```
 //!
@@ -15,6 +16,7 @@
 
 pub mod files;
 pub mod ha;
+pub mod migration;
 pub mod monitor;
 pub mod records;
 pub mod service;

@@ -114,6 +114,15 @@ impl ClusterService for ServerCluster {
         Some(self.store.clone())
     }
 
+    /// The relay finds this server's `migration` actor through the monitors' directory
+    /// (the server's one directory) at each call.
+    fn migration(&self) -> Option<Arc<dyn gpve_transport::migration::MigrationRelay>> {
+        Some(Arc::new(super::migration::ServerRelay {
+            store: self.store.clone(),
+            directory: self.monitors.directory.clone(),
+        }))
+    }
+
     async fn heartbeat(
         &self,
         peer: PeerIdentity,

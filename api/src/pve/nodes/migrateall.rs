@@ -116,6 +116,7 @@ async fn migrate_one(
         .ok_or_else(|| format!("VM {vmid} no longer exists"))?;
     let ask = MigrationAsk {
         online: entry.record.status == "running",
+        secure: false,
         target: target.clone(),
         with_local_disks,
         options: MigrateOptions::default(),

@@ -6,10 +6,16 @@
 //! [`migrate::check_disks`] refuse (own node, unknown, offline or cordoned target, local
 //! disks), a running VM without `online`, and the options gpve does not have. The
 //! migration itself is the VM actor's protocol (`gpve_actors::vm::migrate`); it needs a
-//! [`migrate::MigrationPeer`] for the target node, which exists only for node trees in
-//! this process: between agent processes the target's side is not reachable yet, and the
-//! request is refused saying so.
+//! [`migrate::MigrationPeer`] for the target node: [`peer`] gives the one this process
+//! reaches (through the server's relay from an agent, over the proxy channel from the
+//! server; see [`crate::cluster::migration`]).
+//!
+//! `migration_type`: between joined nodes the RAM stream is always TLS (QEMU's TLS
+//! migration with the node certificates), so `secure` is what every migration is and
+//! `insecure` is accepted but still encrypted; a node without credentials refuses
+//! `secure`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use gpve_actors::vm::migrate::{
@@ -57,8 +63,8 @@ pub const POST: Endpoint = Endpoint {
     description: "Migrate virtual machine (online: live migration of a running VM; disks must be on shared storage). Creates a new migration task.",
 };
 
-/// Every node a VM could go to: this node and the joined ones, with liveness from their
-/// lease and the cordon flag.
+/// Every node a VM could go to: this node, the server's own node and the joined ones,
+/// with liveness from their lease and the cordon flag.
 pub async fn cluster_nodes(state: &AppState) -> Result<Vec<TargetNode>, ApiError> {
     let own = state.config.node_name.clone();
     let mut nodes = vec![TargetNode {
@@ -67,6 +73,17 @@ pub async fn cluster_nodes(state: &AppState) -> Result<Vec<TargetNode>, ApiError
         cordoned: false,
     }];
     let now_ms = i64::try_from(gpve_supervisor::wall_now_ms()).unwrap_or(i64::MAX);
+    // An agent also offers the server's own node (it never joined, so it has no member
+    // record); it is online for as long as this agent can reach the server's store.
+    if let Some(server) = crate::cluster::migration::server_node(&state.store).await?
+        && server != own
+    {
+        nodes.push(TargetNode {
+            name: server,
+            online: true,
+            cordoned: false,
+        });
+    }
     for rec in crate::cluster::records::list_nodes(&state.store).await? {
         if rec.node == own {
             continue;
@@ -163,13 +180,14 @@ pub async fn get(ctx: Ctx) -> Result<Reply, ApiError> {
     })))
 }
 
-/// The target node's side of a migration, when this process can reach it.
-fn peer(state: &AppState, target: &str) -> Result<Arc<dyn MigrationPeer>, ApiError> {
-    let _ = state;
-    Err(ApiError::BadRequest(format!(
-        "migration to node '{target}' needs a migration channel to that node's agent, which is \
-         not built yet (the protocol runs between node trees of one process only)"
-    )))
+/// The target node's side of a migration as this process reaches it, and this node's
+/// TLS credentials for the stream; 400 on a node outside any cluster.
+pub async fn peer(
+    state: &AppState,
+    target: &str,
+) -> Result<(Arc<dyn MigrationPeer>, Option<PathBuf>), ApiError> {
+    let node = crate::cluster::migration::node_migration(&state.node.directory).await?;
+    Ok((node.peer(target)?, node.tls_creds_dir.clone()))
 }
 
 pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
@@ -201,6 +219,7 @@ pub async fn post(ctx: Ctx) -> Result<Reply, ApiError> {
     let ask = MigrationAsk {
         target: ctx.str("target")?.to_string(),
         online: ctx.params.bool("online").unwrap_or(false),
+        secure: ctx.params.str("migration_type") == Some("secure"),
         with_local_disks: ctx.params.bool("with-local-disks").unwrap_or(false),
         options: MigrateOptions {
             bwlimit_kib_s: ctx
@@ -220,6 +239,8 @@ pub struct MigrationAsk {
     pub target: String,
     /// Live migration; a running VM is refused without it.
     pub online: bool,
+    /// `migration_type=secure`: refused where the stream cannot be encrypted.
+    pub secure: bool,
     pub with_local_disks: bool,
     pub options: MigrateOptions,
 }
@@ -245,7 +266,13 @@ pub async fn start(
     if let Some((why, _)) = refusal(state, e, &ask.target, &nodes, ask.with_local_disks).await? {
         return Err(VmError::from(why).into());
     }
-    let peer = peer(state, &ask.target)?;
+    let (peer, tls_creds_dir) = peer(state, &ask.target).await?;
+    if ask.secure && tls_creds_dir.is_none() {
+        return Err(ApiError::param(
+            "migration_type",
+            "this node has no migration TLS credentials, so it cannot migrate securely",
+        ));
+    }
     let host = host(state);
     let MigrationAsk {
         online,
@@ -276,6 +303,7 @@ pub async fn start(
                     with_local_disks,
                     options,
                     peer,
+                    tls_creds_dir,
                     log: Some(tx),
                 };
                 let outcome = migrate::migrate(&host, vmid, req).await;
