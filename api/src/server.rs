@@ -124,15 +124,17 @@ impl std::fmt::Debug for RunningServer {
 /// Open the data directory, recover tasks and start the root supervision tree (no gRPC:
 /// a single node).
 pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServerError> {
-    start_with_cluster(opts, None, None).await
+    start_with_cluster(opts, None, None, None).await
 }
 
-/// [`start`], also serving the cluster's gRPC services on `grpc_listen` when given, and
-/// telling joined agents to dial `advertise`.
+/// [`start`], also serving the cluster's gRPC services on `grpc_listen` when given,
+/// telling joined agents to dial `advertise`, and accepting their node sessions on
+/// `session_listen` (default: the gRPC address with port 8008).
 pub async fn start_with_cluster(
     opts: ServeOptions,
     grpc_listen: Option<SocketAddr>,
     advertise: Option<String>,
+    session_listen: Option<SocketAddr>,
 ) -> Result<RunningServer, ServerError> {
     let dir = DataDir::new(&opts.data_dir);
     let (node_cfg, key) = dir.load()?;
@@ -141,6 +143,7 @@ pub async fn start_with_cluster(
     cluster.cluster_name = node_cfg.cluster_name.clone();
     cluster.grpc_listen = grpc_listen;
     cluster.advertise = advertise;
+    cluster.session_listen = session_listen;
     let tls = tls_config(&dir.cert(), &dir.key())?;
     let store = Store::open_redb(&dir.store())?;
 

@@ -65,6 +65,9 @@ pub struct Inner {
     pub vm_host: std::sync::OnceLock<gpve_actors::vm::VmHost>,
     /// This process's part in API forwarding (server or agent); unset: a single node.
     pub forward: std::sync::OnceLock<crate::forward::Role>,
+    /// The node sessions (the actor console reaches other nodes through them); unset: a
+    /// single node.
+    pub sessions: std::sync::OnceLock<Arc<dyn gpve_transport::session::NodeSessions>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -95,6 +98,7 @@ impl AppState {
             node,
             vm_host: std::sync::OnceLock::new(),
             forward: std::sync::OnceLock::new(),
+            sessions: std::sync::OnceLock::new(),
         }))
     }
 }

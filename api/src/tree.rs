@@ -4,6 +4,7 @@
 //! gpve-server            one-for-one, 5 restarts in 60 s, then the process exits
 //! ├── store              probes the store; fails (and is restarted) when it stops answering
 //! ├── cluster            supervisor: membership (node monitors) and the gRPC listener
+//! ├── session            ractor_cluster NodeServer, node sessions to the agents (with gRPC)
 //! ├── node:{name}        the local node actor
 //! ├── storage            supervisor; one storage:{id} actor per storage enabled here
 //! ├── network            bridges, VM taps and the nftables ruleset, converged to the store
@@ -66,6 +67,8 @@ pub enum StoreMsg {
     Probe,
 }
 
+impl ractor::Message for StoreMsg {}
+
 /// Watches the store on behalf of the tree.
 #[derive(Debug)]
 pub struct StoreActor {
@@ -113,6 +116,8 @@ pub enum ApiMsg {
     /// The HTTPS server task ended on its own: fail so the supervisor restarts the listener.
     ServerExited(String),
 }
+
+impl ractor::Message for ApiMsg {}
 
 /// What each incarnation of the api actor needs.
 #[derive(Clone)]
@@ -281,6 +286,7 @@ pub fn root_spec(
     let ha = crate::cluster::ha::child(api.state.clone(), Default::default());
     // After the VMs: the server node's part in live migrations (clustered servers only).
     let migration = crate::cluster::migration::server_child(&cluster, &api);
+    let session = crate::cluster::session::server_child(&cluster, store.clone(), &api.state);
     let cluster = crate::cluster::supervisor_child(cluster, store.clone(), Some(ha));
     let mut node_tree = node_children(node, store.clone(), &api.state);
     node_tree.extend(migration);
@@ -303,6 +309,10 @@ pub fn root_spec(
             },
         ))
         .child(cluster);
+    // After cluster: node sessions to the agents (a server with gRPC only).
+    if let Some(session) = session {
+        spec = spec.child(session);
+    }
     for child in node_tree {
         spec = spec.child(child);
     }

@@ -126,12 +126,18 @@ fn gpvectl_login(config: &Path, url: &str, fp: &Fingerprint) {
 /// A do-nothing supervised actor, to grow the tree.
 struct Idle;
 
+/// Idle's message: it takes none (a unit struct, as ractor's `cluster` feature has no
+/// `Message` impl for `()`).
+struct Nothing;
+
+impl ractor::Message for Nothing {}
+
 impl Actor for Idle {
-    type Msg = ();
+    type Msg = Nothing;
     type State = ();
     type Arguments = ();
 
-    async fn pre_start(&self, _me: ActorRef<()>, _args: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(&self, _me: ActorRef<Nothing>, _args: ()) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 }

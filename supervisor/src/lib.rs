@@ -14,6 +14,8 @@
 //!
 //! struct Vm { stats: ActorStats }
 //! enum VmMsg { Ping }
+//! // ractor's `cluster` feature (on in this workspace) needs this for every message type.
+//! impl ractor::Message for VmMsg {}
 //!
 //! impl Actor for Vm {
 //!     type Msg = VmMsg;

@@ -73,6 +73,8 @@ pub enum SupervisorMsg {
     },
 }
 
+impl ractor::Message for SupervisorMsg {}
+
 /// One child as its supervisor sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildInfo {

@@ -12,6 +12,8 @@ enum NoopMsg {
     Panic,
 }
 
+impl ractor::Message for NoopMsg {}
+
 impl Actor for Noop {
     type Msg = NoopMsg;
     type State = ();

@@ -39,6 +39,8 @@ enum WorkerMsg {
     Gate(oneshot::Receiver<()>),
 }
 
+impl ractor::Message for WorkerMsg {}
+
 impl Actor for Worker {
     type Msg = WorkerMsg;
     type State = ();

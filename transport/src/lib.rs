@@ -7,18 +7,22 @@
 //! - [`grpc`]: the real transport, tonic/prost over those TLS streams (`Join`, `Node`);
 //! - [`store`]: the server's store for agents: the gRPC `Store` service and the client
 //!   wire of `gpve_store`'s remote backend;
-//! - [`mem`]: an in-memory transport with the same contract, for the simulation.
+//! - [`mem`]: an in-memory transport with the same contract, for the simulation;
+//! - [`session`]: node sessions carrying `ractor_cluster` over mutual TLS (the
+//!   supervision plane: the server calls each node's introspection service), behind the
+//!   [`session::NodeSessions`] seam with an in-process implementation.
 //!
 //! The seam: the server implements [`ClusterService`] (what to do with a join or a
 //! heartbeat); an agent talks through a [`Transport`] (join, connect) and a [`NodeLink`]
 //! (heartbeats). `tests/contract.rs` runs one suite against both transports.
 //!
-//! Not here yet: `ractor_cluster` over these sessions and the server→agent watch stream.
+//! Not here yet: the server→agent watch stream.
 
 pub mod grpc;
 pub mod mem;
 pub mod migration;
 pub mod pki;
+pub mod session;
 pub mod store;
 pub mod tls;
 pub mod token;

@@ -56,11 +56,11 @@ pub enum TlsError {
     NotTrusted(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs_from_pem(ca_pem)? {
         roots
@@ -70,7 +70,7 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key(e.to_string()))
 }
 

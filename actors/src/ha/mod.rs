@@ -53,6 +53,8 @@ pub enum HaManagerMsg {
     Status(ractor::RpcReplyPort<HaManager>),
 }
 
+impl ractor::Message for HaManagerMsg {}
+
 /// A VM that exceeded its restart intensity, reported by its node's supervisor through
 /// the store (so it reaches the manager from any node) at [`failure_key`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,8 @@ pub enum NetworkMsg {
     Status(RpcReplyPort<NetworkStatus>),
 }
 
+impl ractor::Message for NetworkMsg {}
+
 /// What the last reconcile pass found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetworkStatus {

@@ -28,6 +28,8 @@ pub enum NodeMsg {
     Status(RpcReplyPort<Result<NodeStatus, String>>),
 }
 
+impl ractor::Message for NodeMsg {}
+
 /// The node actor; its arguments are the node name.
 #[derive(Debug, Default)]
 pub struct NodeActor {

@@ -127,6 +127,8 @@ pub enum StorageMsg {
     RetryMount,
 }
 
+impl ractor::Message for StorageMsg {}
+
 /// What a storage actor is started with.
 #[derive(Debug, Clone)]
 pub struct StorageArgs {

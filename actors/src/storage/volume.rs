@@ -128,6 +128,8 @@ pub enum VolumeMsg {
     },
 }
 
+impl ractor::Message for VolumeMsg {}
+
 impl VolumeMsg {
     /// Answer the command with `err` without running it.
     pub fn fail(self, err: StorageServiceError) {

@@ -190,6 +190,8 @@ pub enum VmMsg {
     Op(VmOp, RpcReplyPort<Result<String, VmError>>),
 }
 
+impl ractor::Message for VmMsg {}
+
 /// The VM actor.
 pub struct VmActor {
     pub stats: ActorStats,

@@ -158,6 +158,8 @@ pub enum FenceMsg {
     Check,
 }
 
+impl ractor::Message for FenceMsg {}
+
 /// Kills this node's HA QEMUs when its lease is lost.
 #[derive(Debug)]
 pub struct FenceActor {

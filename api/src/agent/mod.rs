@@ -18,6 +18,9 @@
 //! ├── migration          this node's part in live migrations: its target side (incoming
 //! │                      QEMUs, reached by the server on [`migration::INTERNAL_PATH`]) and
 //! │                      the client of the server's gRPC `Migration` relay
+//! ├── session            the ractor_cluster NodeServer and its session to the server
+//! │                      (mutual TLS with the node certificate, redialed with backoff);
+//! │                      answers the server's actor-console calls for this node
 //! └── transport          the session to the server: heartbeats every 1 s (with the API
 //!                        address), reconnects after any outage with exponential backoff
 //! ```
@@ -36,8 +39,9 @@
 //!                  migration reads (0600), rewritten at every start
 //! ```
 //!
-//! Not here: `ractor_cluster` over the session (the server forwards HTTP instead, like
-//! pveproxy).
+//! Two planes reach the node: the data plane is the server forwarding HTTP to the `api`
+//! listener (like pveproxy); the supervision plane (the actor console) is `ractor_cluster`
+//! over the `session` ([`crate::cluster::session`]).
 
 pub mod fence;
 pub mod migration;
@@ -481,7 +485,7 @@ pub async fn start_node(data_dir: &Path, opts: NodeRunOptions) -> Result<Running
         .strategy(Strategy::OneForOne)
         .intensity(5, 60_000)
         .backoff(100, 5_000);
-    for child in crate::tree::node_children(&node, store, &state) {
+    for child in crate::tree::node_children(&node, store.clone(), &state) {
         spec = spec.child(child);
     }
     if let Some(listen) = &listen {
@@ -507,6 +511,13 @@ pub async fn start_node(data_dir: &Path, opts: NodeRunOptions) -> Result<Running
     spec = spec.child(fence::child(
         data_dir.to_path_buf(),
         crate::pve::nodes::qemu::host(&state),
+    ));
+    spec = spec.child(crate::cluster::session::agent_child(
+        &node,
+        &config.server_endpoint,
+        creds,
+        store,
+        &state,
     ));
     // Last: its heartbeats report the API address the api actor bound.
     spec = spec.child(session_child(session));

@@ -25,6 +25,8 @@ pub enum SessionMsg {
     Tick,
 }
 
+impl ractor::Message for SessionMsg {}
+
 /// What each incarnation needs.
 #[derive(Clone)]
 pub struct SessionArgs {

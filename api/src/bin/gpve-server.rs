@@ -131,6 +131,10 @@ struct RunArgs {
     /// `host:port` joined agents dial afterwards (default: the address they joined by).
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Address and port of the node sessions (ractor_cluster over mutual TLS; the actor
+    /// console reaches agents through them). Default: the gRPC address with port 8008.
+    #[arg(long, value_name = "ADDR:PORT")]
+    session_listen: Option<SocketAddr>,
 }
 
 /// The OTLP span exporter behind the `tracing` layer; `None` when export is off.
@@ -252,6 +256,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         Some(args.grpc_listen),
         args.advertise,
+        args.session_listen,
     )
     .await
     .with_context(|| format!("starting from {}", args.data_dir.display()))?;

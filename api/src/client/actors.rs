@@ -16,6 +16,12 @@ pub const MAX_EVENT_LINE_BYTES: usize = 64 * 1024;
 /// Upper bound on one watch request; clients reconnect after it.
 const EVENT_STREAM_MAX_S: u64 = 24 * 3600;
 
+/// The `node` query parameter, when given.
+fn node_param(node: Option<&str>) -> Vec<(String, String)> {
+    node.map(|n| vec![("node".to_owned(), n.to_owned())])
+        .unwrap_or_default()
+}
+
 impl Client {
     /// `https://host:port/` followed by `segments`, each percent-encoded (an actor path
     /// travels as one segment, `/` as `%2F`).
@@ -29,29 +35,36 @@ impl Client {
 
     /// `GET /api/v1/actors`: the supervision trees, optionally of one node.
     pub async fn actors(&self, node: Option<&str>) -> Result<ActorsList, ClientError> {
-        let params = node
-            .map(|n| vec![("node".to_owned(), n.to_owned())])
-            .unwrap_or_default();
         let path = "/api/v1/actors";
         let data = self
             .call(
                 Method::GET,
                 self.url_at(&["api", "v1", "actors"]),
-                params,
+                node_param(node),
                 path,
             )
             .await?;
         decode(data, path)
     }
 
-    /// `GET /api/v1/actors/{path}`.
+    /// `GET /api/v1/actors/{path}` on the node the client talks to.
     pub async fn actor(&self, actor_path: &str) -> Result<ActorDetail, ClientError> {
+        self.actor_on(None, actor_path).await
+    }
+
+    /// `GET /api/v1/actors/{path}?node=`: one actor of `node` (the server asks that node
+    /// over its session).
+    pub async fn actor_on(
+        &self,
+        node: Option<&str>,
+        actor_path: &str,
+    ) -> Result<ActorDetail, ClientError> {
         let path = format!("/api/v1/actors/{actor_path}");
         let data = self
             .call(
                 Method::GET,
                 self.url_at(&["api", "v1", "actors", actor_path]),
-                Vec::new(),
+                node_param(node),
                 &path,
             )
             .await?;
@@ -60,6 +73,7 @@ impl Client {
 
     async fn actor_action(
         &self,
+        node: Option<&str>,
         actor_path: &str,
         verb: &str,
     ) -> Result<ActorActionResult, ClientError> {
@@ -68,7 +82,7 @@ impl Client {
             .call(
                 Method::POST,
                 self.url_at(&["api", "v1", "actors", actor_path, verb]),
-                Vec::new(),
+                node_param(node),
                 &path,
             )
             .await?;
@@ -77,12 +91,30 @@ impl Client {
 
     /// `POST /api/v1/actors/{path}/restart`: its supervisor restarts it.
     pub async fn restart_actor(&self, actor_path: &str) -> Result<ActorActionResult, ClientError> {
-        self.actor_action(actor_path, "restart").await
+        self.actor_action(None, actor_path, "restart").await
+    }
+
+    /// `POST /api/v1/actors/{path}/restart?node=`: restart an actor of `node`.
+    pub async fn restart_actor_on(
+        &self,
+        node: Option<&str>,
+        actor_path: &str,
+    ) -> Result<ActorActionResult, ClientError> {
+        self.actor_action(node, actor_path, "restart").await
     }
 
     /// `POST /api/v1/actors/{path}/stop`: its supervisor stops it and forgets it.
     pub async fn stop_actor(&self, actor_path: &str) -> Result<ActorActionResult, ClientError> {
-        self.actor_action(actor_path, "stop").await
+        self.actor_action(None, actor_path, "stop").await
+    }
+
+    /// `POST /api/v1/actors/{path}/stop?node=`: stop an actor of `node`.
+    pub async fn stop_actor_on(
+        &self,
+        node: Option<&str>,
+        actor_path: &str,
+    ) -> Result<ActorActionResult, ClientError> {
+        self.actor_action(node, actor_path, "stop").await
     }
 
     /// A GET with this client's credentials and no total timeout beyond `timeout`.

@@ -223,6 +223,7 @@ pub enum MigrationMsg {
     /// This node's part in migrations.
     Get(RpcReplyPort<Arc<NodeMigration>>),
 }
+impl ractor::Message for MigrationMsg {}
 
 /// Holds the node's [`NodeMigration`] (and with it the incoming QEMUs its LocalPeer
 /// keeps) where handlers and the relay find it. The value outlives restarts of the actor.

@@ -20,6 +20,7 @@ pub mod migration;
 pub mod monitor;
 pub mod records;
 pub mod service;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub struct ClusterOptions {
     pub grpc_listen: Option<SocketAddr>,
     /// `host:port` agents are told to dial after joining; `None`: the one they joined by.
     pub advertise: Option<String>,
+    /// Where to accept node sessions (with gRPC only); `None`: the gRPC address with port
+    /// [`gpve_transport::session::DEFAULT_SESSION_PORT`].
+    pub session_listen: Option<SocketAddr>,
     pub lease_ttl_ms: u64,
 }
 
@@ -73,6 +77,7 @@ impl ClusterOptions {
             cluster_name: None,
             grpc_listen: None,
             advertise: None,
+            session_listen: None,
             lease_ttl_ms: LEASE_TTL_MS,
         }
     }
@@ -164,6 +169,8 @@ pub enum GrpcMsg {
     /// The server task ended on its own: fail so the supervisor restarts it.
     ServerExited(String),
 }
+
+impl ractor::Message for GrpcMsg {}
 
 /// What each incarnation of the grpc actor needs.
 pub struct GrpcArgs {

@@ -81,6 +81,8 @@ pub enum MonitorMsg {
     Status(RpcReplyPort<MonitorView>),
 }
 
+impl ractor::Message for MonitorMsg {}
+
 /// Watches one node's lease.
 #[derive(Debug)]
 pub struct NodeMonitor {

@@ -483,6 +483,8 @@ pub enum SamplerMsg {
     Tick,
 }
 
+impl ractor::Message for SamplerMsg {}
+
 /// The `usage-sampler` actor.
 #[derive(Debug)]
 pub struct SamplerActor {

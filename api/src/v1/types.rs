@@ -68,6 +68,9 @@ pub struct NodeActors {
     pub count: usize,
     /// Root supervisors (one in single-node mode).
     pub roots: Vec<ActorTree>,
+    /// Why the node's trees are missing (it did not answer over its session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `GET /api/v1/actors`: per node, so several nodes fit without a format change.

@@ -47,6 +47,8 @@ pub enum VcMsg {
     Teardown(RpcReplyPort<Result<(), String>>),
 }
 
+impl ractor::Message for VcMsg {}
+
 /// Arguments of each incarnation.
 #[derive(Debug, Clone)]
 pub struct VcArgs {

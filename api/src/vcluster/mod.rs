@@ -258,6 +258,8 @@ pub enum HostMsg {
     Get(RpcReplyPort<VcHost>),
 }
 
+impl ractor::Message for HostMsg {}
+
 /// Hands the node's [`VcHost`] to API handlers (they start VC actors with it).
 #[derive(Debug)]
 pub struct HostActor;

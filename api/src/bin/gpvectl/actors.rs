@@ -21,23 +21,34 @@ pub enum ActorsCommand {
     /// One actor: its counters, children, restarts with their reasons and last failure.
     #[command(after_help = "Examples:
   gpvectl actors describe gpve-server/node:pve1
-  gpvectl actors describe gpve-server/store -o json")]
+  gpvectl actors describe gpve-server/store -o json
+  gpvectl actors describe gpve-server/qemu/vm:100 --node n1")]
     Describe {
         /// Actor path as `actors tree` shows it (e.g. gpve-server/store).
         path: String,
+        /// The node running it (default: the server's own node).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
     },
     /// Have an actor's supervisor restart it (administrators only; counts towards the
     /// supervisor's restart intensity like a failure).
     #[command(after_help = "Examples:
-  gpvectl actors restart gpve-server/store")]
+  gpvectl actors restart gpve-server/store
+  gpvectl actors restart gpve-server/qemu/vm:100 --node n1")]
     Restart {
         /// Actor path.
         path: String,
+        /// The node running it (default: the server's own node).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
     },
     /// Have an actor's supervisor stop it and forget it (administrators only).
     Stop {
         /// Actor path.
         path: String,
+        /// The node running it (default: the server's own node).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
     },
 }
 
@@ -70,6 +81,12 @@ pub async fn run(client: &Client, cmd: ActorsCommand, format: Format) -> anyhow:
             output::print(format, &list, "actors", || {
                 let mut rows = Vec::new();
                 for n in &list.nodes {
+                    if let Some(e) = &n.error {
+                        let mut r = vec![String::new(); 7];
+                        r[0] = format!("(unreachable: {e})");
+                        r.insert(0, n.node.clone());
+                        rows.push(r);
+                    }
                     for root in &n.roots {
                         for (depth, a) in root.flatten() {
                             let mut r = row(depth, a);
@@ -86,9 +103,9 @@ pub async fn run(client: &Client, cmd: ActorsCommand, format: Format) -> anyhow:
                 }
             })
         }
-        ActorsCommand::Restart { path } => {
+        ActorsCommand::Restart { path, node } => {
             let r = client
-                .restart_actor(&path)
+                .restart_actor_on(node.as_deref(), &path)
                 .await
                 .with_context(|| format!("restarting actor {path}"))?;
             output::print(format, &r, "actor", || Table {
@@ -101,9 +118,9 @@ pub async fn run(client: &Client, cmd: ActorsCommand, format: Format) -> anyhow:
                 ]],
             })
         }
-        ActorsCommand::Stop { path } => {
+        ActorsCommand::Stop { path, node } => {
             let r = client
-                .stop_actor(&path)
+                .stop_actor_on(node.as_deref(), &path)
                 .await
                 .with_context(|| format!("stopping actor {path}"))?;
             output::print(format, &r, "actor", || Table {
@@ -111,9 +128,9 @@ pub async fn run(client: &Client, cmd: ActorsCommand, format: Format) -> anyhow:
                 rows: vec![vec![r.path.clone(), r.action.clone(), r.how.clone()]],
             })
         }
-        ActorsCommand::Describe { path } => {
+        ActorsCommand::Describe { path, node } => {
             let detail = client
-                .actor(&path)
+                .actor_on(node.as_deref(), &path)
                 .await
                 .with_context(|| format!("describing actor {path}"))?;
             match format {

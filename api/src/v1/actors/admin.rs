@@ -11,23 +11,24 @@
 //!   otherwise be restarted at once).
 //!
 //! Roots, and the `api` actor with its ancestors, cannot be stopped through the API that
-//! they serve. A restart answers when the new incarnation runs, except for the `api`
+//! they serve (nor, on an agent, its `session` actor through the session). A restart answers when the new incarnation runs, except for the `api`
 //! actor and its ancestors, which answer once the restart is requested; follow
 //! `GET /api/v1/actors/events` to see it complete.
 
 use gpve_supervisor::{ActorState, SupervisorHandle};
 use serde_json::json;
 
-use super::path_param;
+use super::{path_param, remote};
 use crate::error::ApiError;
 use crate::router::{Ctx, Endpoint, Method, Privilege, Reply};
-use crate::schema::ParamSchema;
+use crate::schema::{Param, ParamSchema};
+use crate::state::AppState;
 use crate::v1::types::ActorActionResult;
 
 /// `POST /api/v1/actors/{path}/{restart|stop}` (Proxmox would ask `Sys.Modify`).
 pub const ACTION: Endpoint = Endpoint {
     method: Method::Post,
-    params: ParamSchema(&[path_param()]),
+    params: ParamSchema(&[path_param(), Param::node().opt()]),
     privilege: Privilege::Perm("/", &["Sys.Modify"]),
     description: "Restart or stop one supervised actor.",
 };
@@ -47,7 +48,17 @@ fn supervisor_err(e: gpve_supervisor::SupervisorError) -> ApiError {
     }
 }
 
-/// Restart or stop the actor named by the wildcard tail (`{path}/restart`).
+fn check_verb(verb: &str) -> Result<(), ApiError> {
+    if verb == "restart" || verb == "stop" {
+        return Ok(());
+    }
+    Err(ApiError::NotFound(format!(
+        "unknown actor action '{verb}' (restart, stop)"
+    )))
+}
+
+/// Restart or stop the actor named by the wildcard tail (`{path}/restart`), on `?node=`
+/// (default: this node; another member is asked over its node session).
 pub async fn action(ctx: Ctx) -> Result<Reply, ApiError> {
     let tail = ctx.str("path")?.trim_matches('/');
     let (path, verb) = tail.rsplit_once('/').ok_or_else(|| {
@@ -55,13 +66,36 @@ pub async fn action(ctx: Ctx) -> Result<Reply, ApiError> {
             "no action in '{tail}': POST /api/v1/actors/PATH/restart or /stop"
         ))
     })?;
-    if verb != "restart" && verb != "stop" {
-        return Err(ApiError::NotFound(format!(
-            "unknown actor action '{verb}' (restart, stop)"
-        )));
-    }
+    check_verb(verb)?;
     let user = ctx.userid()?.to_string();
-    let directory = &ctx.state.node.directory;
+    if let Some(node) = ctx.params.str("node")
+        && remote::is_remote_member(&ctx.state, node).await?
+    {
+        let req = remote::IntrospectRequest::Action {
+            path: path.to_string(),
+            verb: verb.to_string(),
+            user: user.clone(),
+        };
+        let v = remote::call(&ctx.state, node, &req, remote::ACTION_TIMEOUT_MS).await?;
+        tracing::info!(user = %user, node, actor = %path, action = verb, "remote actor action done");
+        return Ok(Reply::Data(v));
+    }
+    let result = perform(&ctx.state, path, verb, &user, &api_path()).await?;
+    Ok(Reply::Data(json!(result)))
+}
+
+/// Restart or stop the actor at `path` of this node for `user`. `serving` is the path of
+/// the actor carrying the request (the api actor, or the session for a remote call): it
+/// and its ancestors cannot be stopped, and their restart is answered before it happens.
+pub async fn perform(
+    state: &AppState,
+    path: &str,
+    verb: &str,
+    user: &str,
+    serving: &str,
+) -> Result<ActorActionResult, ApiError> {
+    check_verb(verb)?;
+    let directory = &state.node.directory;
     let snap = directory
         .get(path)
         .ok_or_else(|| ApiError::NotFound(format!("no actor at '{path}'")))?;
@@ -80,8 +114,7 @@ pub async fn action(ctx: Ctx) -> Result<Reply, ApiError> {
         .iter()
         .find(|c| c.path == path)
         .ok_or_else(|| ApiError::NotFound(format!("no actor at '{path}'")))?;
-    let api = api_path();
-    let serves_this_request = api == path || api.starts_with(&format!("{path}/"));
+    let serves_this_request = serving == path || serving.starts_with(&format!("{path}/"));
     let how = if verb == "restart" {
         if snap.state != ActorState::Running {
             return Err(ApiError::Conflict(format!(
@@ -119,11 +152,10 @@ pub async fn action(ctx: Ctx) -> Result<Reply, ApiError> {
         "removed"
     };
     tracing::info!(user = %user, actor = %path, action = verb, how, "actor action requested");
-    let result = ActorActionResult {
+    Ok(ActorActionResult {
         path: path.to_string(),
         action: verb.to_string(),
         restarts_before: snap.restarts,
         how: how.to_string(),
-    };
-    Ok(Reply::Data(json!(result)))
+    })
 }

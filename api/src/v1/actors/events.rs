@@ -47,10 +47,18 @@ pub async fn watch(State(state): State<AppState>, req: Request) -> Response {
         Ok(ctx) => ctx,
         Err(resp) => return resp,
     };
-    if let Some(node) = ctx.params.str("node")
-        && node != state.config.node_name
-    {
-        return ApiError::NoSuchNode(node.to_string()).into_response();
+    if let Some(node) = ctx.params.str("node") {
+        match super::remote::is_remote_member(&state, node).await {
+            Ok(false) => {}
+            // Not streamed over the node sessions yet: say so rather than "no such node".
+            Ok(true) => {
+                return ApiError::BadRequest(format!(
+                    "supervision events of node '{node}' are not streamed yet; poll GET /api/v1/actors?node={node}"
+                ))
+                .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
     }
     let Some(permit) = state.metrics.try_event_stream() else {
         return ApiError::Unavailable(format!(

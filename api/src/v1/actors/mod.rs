@@ -1,9 +1,13 @@
-//! `/api/v1/actors`: introspection of the supervision tree (the node's [`Directory`]).
+//! `/api/v1/actors`: introspection of the supervision trees (each node's [`Directory`]).
+//! The local node answers from its directory; another member node answers over its node
+//! session ([`remote`]). The listing covers every member: a node that does not answer in
+//! time is listed with an `error`, and a call for one such node (`?node=`) gets 595.
 //!
 //! [`Directory`]: gpve_supervisor::Directory
 
 pub mod admin;
 pub mod events;
+pub mod remote;
 
 use std::collections::BTreeMap;
 
@@ -35,7 +39,7 @@ pub const LIST: Endpoint = Endpoint {
 /// `GET /api/v1/actors/{path}`.
 pub const DESCRIBE: Endpoint = Endpoint {
     method: Method::Get,
-    params: ParamSchema(&[path_param()]),
+    params: ParamSchema(&[path_param(), Param::node().opt()]),
     privilege: Privilege::Perm("/", &["Sys.Audit"]),
     description: "One supervised actor.",
 };
@@ -100,26 +104,62 @@ pub fn local_actors(state: &AppState) -> NodeActors {
         node: state.config.node_name.clone(),
         count: roots.iter().map(ActorTree::size).sum(),
         roots,
+        error: None,
     }
 }
 
-/// Fail unless `node` (when given) is the local node.
-fn check_node(ctx: &Ctx) -> Result<(), ApiError> {
-    match ctx.params.str("node") {
-        Some(node) if node != ctx.state.config.node_name => {
-            Err(ApiError::NoSuchNode(node.to_string()))
-        }
-        _ => Ok(()),
-    }
+/// `node`'s trees over its session.
+async fn remote_actors(state: &AppState, node: &str) -> Result<NodeActors, ApiError> {
+    let v = remote::call(
+        state,
+        node,
+        &remote::IntrospectRequest::Tree,
+        remote::READ_TIMEOUT_MS,
+    )
+    .await?;
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::Internal(format!("node '{node}' sent an unreadable tree: {e}")))
 }
 
-/// The supervision trees (single node for now: one entry).
+/// The member nodes other than this one, by name (none without node sessions).
+async fn remote_members(state: &AppState) -> Result<Vec<String>, ApiError> {
+    if remote::sessions(state).is_none() {
+        return Ok(Vec::new());
+    }
+    let members = crate::cluster::records::list_nodes(&state.store)
+        .await
+        .map_err(|e| ApiError::Internal(format!("listing the nodes failed: {e}")))?;
+    Ok(members
+        .into_iter()
+        .map(|m| m.node)
+        .filter(|n| *n != state.config.node_name)
+        .collect())
+}
+
+/// The supervision trees: of `?node=` only, or of every member (local first; the others
+/// asked at once, each within [`remote::READ_TIMEOUT_MS`]).
 pub async fn list(ctx: Ctx) -> Result<Reply, ApiError> {
-    check_node(&ctx)?;
-    let list = ActorsList {
-        nodes: vec![local_actors(&ctx.state)],
-    };
-    Ok(Reply::Data(json!(list)))
+    let state = &ctx.state;
+    if let Some(node) = ctx.params.str("node") {
+        let one = if remote::is_remote_member(state, node).await? {
+            remote_actors(state, node).await?
+        } else {
+            local_actors(state)
+        };
+        return Ok(Reply::Data(json!(ActorsList { nodes: vec![one] })));
+    }
+    let others = remote_members(state).await?;
+    let asked = futures::future::join_all(others.iter().map(|n| remote_actors(state, n))).await;
+    let mut nodes = vec![local_actors(state)];
+    for (node, result) in others.into_iter().zip(asked) {
+        nodes.push(result.unwrap_or_else(|e| NodeActors {
+            node,
+            count: 0,
+            roots: Vec::new(),
+            error: Some(e.to_string()),
+        }));
+    }
+    Ok(Reply::Data(json!(ActorsList { nodes })))
 }
 
 /// The actor at `path`, or 404.
@@ -143,9 +183,18 @@ pub fn detail(state: &AppState, path: &str) -> Result<ActorDetail, ApiError> {
     })
 }
 
-/// One actor.
+/// One actor, on `?node=` (default: this node).
 pub async fn describe(ctx: Ctx) -> Result<Reply, ApiError> {
     let path = ctx.str("path")?.trim_matches('/');
+    if let Some(node) = ctx.params.str("node")
+        && remote::is_remote_member(&ctx.state, node).await?
+    {
+        let req = remote::IntrospectRequest::Detail {
+            path: path.to_string(),
+        };
+        let v = remote::call(&ctx.state, node, &req, remote::READ_TIMEOUT_MS).await?;
+        return Ok(Reply::Data(v));
+    }
     let detail = detail(&ctx.state, path)?;
     Ok(Reply::Data(json!(detail)))
 }

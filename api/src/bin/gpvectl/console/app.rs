@@ -352,6 +352,7 @@ mod tests {
                     actor: actor("root", 0, 0.0, 0),
                     children,
                 }],
+                error: None,
             }],
         }
     }

@@ -39,7 +39,7 @@ pub async fn poll(
         let path = selected.borrow().clone();
         if let (true, Some(path)) = (ok, path) {
             // An actor that vanished between the two calls is not an error worth showing.
-            if let Ok(d) = client.actor(&path).await
+            if let Ok(d) = client.actor_on(node.as_deref(), &path).await
                 && tx.send(Update::Detail(Box::new(d))).await.is_err()
             {
                 return;
