@@ -70,6 +70,7 @@ bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo test -p gpve-transport --release --test store_contract bench_remote_transactions -- --ignored --nocapture
 	cargo test -p gpve-api --release --test cluster_agents bench_forwarded_status -- --ignored --nocapture
 	cargo test -p gpve-api --release --test cluster_sessions bench_remote_tree -- --ignored --nocapture
+	cargo test -p gpve-api --release --test cluster_bench -- --ignored --nocapture
 	cargo test -p gpve-api --release --test cluster_ha -- --nocapture
 	cargo test -p gpve-actors --release --lib -- scheduler::tests::placement_time --nocapture --test-threads 1
 	cargo test -p gpve-hypervisor --release --test qemu_migration bench_live_migration_256mib -- --ignored --nocapture

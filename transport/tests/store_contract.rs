@@ -221,7 +221,7 @@ async fn only_nodes_reach_the_store() {
 }
 
 /// Remote transaction round trips on loopback (read-modify-write of one key: one Get and
-/// one Commit; a read-only get: one Get and one validating Commit), p50/p99 in µs. Run with
+/// one Commit; a read-only get of one key: one Get, no Commit), p50/p99 in µs. Run with
 /// `cargo test -p gpve-transport --release --test store_contract bench_remote_transactions
 /// -- --ignored --nocapture` (`GPVE_BENCH_ITERS`, default 300).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
