@@ -76,6 +76,7 @@ bench: deps ## Run the benchmarks (release); figures go to docs/benchmarks.md.
 	cargo test -p gpve-hypervisor --release --test qemu_migration bench_live_migration_256mib -- --ignored --nocapture
 	cargo test -p gpve-api --release --test cluster_migrate bench_agent_migration -- --ignored --nocapture
 	VC_BENCH_N=1000 cargo test -p gpve-api --release --test vcluster_bench -- --ignored --nocapture
+	cargo test -p gpve-api --release --test watch_bench -- --ignored --nocapture
 	cargo build --release -p gpve-simulation
 	$(RELEASE_BIN)/gpve-simulation --seed 1 --nodes 3 --vms 50 --duration 600s --faults default
 	$(RELEASE_BIN)/gpve-simulation --seeds 0..10 --nodes 3 --vms 50 --duration 600s --check-determinism

@@ -6,7 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build finds protoc through PROTOC.
     // SAFETY: the build script has no other threads that could read the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    tonic_prost_build::configure().compile_protos(&["proto/gpve.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/gpve.proto", "proto/watch.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/gpve.proto");
+    println!("cargo:rerun-if-changed=proto/watch.proto");
     Ok(())
 }

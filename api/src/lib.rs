@@ -30,3 +30,4 @@ pub mod tenancy;
 pub mod tree;
 pub mod v1;
 pub mod vcluster;
+pub mod watch;

@@ -50,6 +50,8 @@ pub fn app(state: AppState) -> Router {
         .nest(API_PREFIX, crate::pve::router().into_router())
         .nest(crate::v1::V1_PREFIX, crate::v1::router().into_router())
         .route("/metrics", axum::routing::get(crate::metrics::scrape))
+        // gRPC watch stream on the same port (HTTP/2, see `tls_config`).
+        .merge(crate::watch::routes(&state))
         .fallback(not_implemented)
         // Handlers read bodies themselves with the same bound; this covers the rest.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -98,8 +100,10 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Serve
     .with_no_client_auth()
     .with_single_cert(certs, key_der)
     .map_err(|e| tls_err(key, e.to_string()))?;
-    // pveproxy speaks HTTP/1.1; clients keep connections alive.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // pveproxy speaks HTTP/1.1; clients keep connections alive. h2 is offered second for
+    // the gRPC watch stream: rustls picks the first of the server's protocols the client
+    // offers, so REST clients that offer both keep HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
     Ok(config)
 }
 
@@ -129,7 +133,7 @@ pub async fn start(opts: ServeOptions) -> Result<RunningServer, ServerError> {
 
 /// [`start`], also serving the cluster's gRPC services on `grpc_listen` when given,
 /// telling joined agents to dial `advertise`, and accepting their node sessions on
-/// `session_listen` (default: the gRPC address with port 8008).
+/// `session_listen` (default: the gRPC address with port 8008, or an ephemeral port when gRPC's is 0).
 pub async fn start_with_cluster(
     opts: ServeOptions,
     grpc_listen: Option<SocketAddr>,
@@ -146,6 +150,8 @@ pub async fn start_with_cluster(
     cluster.session_listen = session_listen;
     let tls = tls_config(&dir.cert(), &dir.key())?;
     let store = Store::open_redb(&dir.store())?;
+    // Watchers get every commit, including those of transactions begun before the first.
+    store.enable_feed();
 
     let tasks = TaskManager::new(store.clone(), node_cfg.node_name.clone());
     tasks.recover().await?;

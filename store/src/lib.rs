@@ -10,6 +10,7 @@
 //! Keys are FoundationDB tuples ([`Key::pack`]) so every backend shares one key layout.
 //! All work goes through [`Store::transact`], which runs a body in a serializable transaction
 //! and retries it on conflicts and other retryable errors, with bounded attempts and backoff.
+//! [`Store::subscribe`] delivers every committed write set to subscribers ([`feed`]).
 //!
 //! ```no_run
 //! # async fn demo(store: gpve_store::Store) -> Result<(), gpve_store::StoreError> {
@@ -41,6 +42,7 @@ mod backend;
 mod error;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+pub mod feed;
 mod key;
 mod occ;
 pub mod redb;
@@ -50,6 +52,7 @@ mod txn;
 
 pub use backend::{Backend, BackendTxn};
 pub use error::StoreError;
+pub use feed::{Commit, FEED_CAPACITY_COMMITS, FEED_LOCK_STRIPES, FeedEvent, Subscription};
 pub use key::{Key, KeyError, KeyRange, MAX_KEY_BYTES, MAX_VALUE_BYTES, TuplePack, TupleUnpack};
 pub use occ::{ReadRecord, ReadSet, Rows, WriteSet};
 pub use simulated::{SimControl, SimFaults, SimStats, UnknownResultMode};
@@ -110,6 +113,8 @@ pub struct Store {
     /// transactions that conflicted together from retrying in lockstep; it comes from a seed
     /// rather than the OS so a simulation replays exactly.
     jitter: Arc<AtomicU64>,
+    /// Committed writes for subscribers, shared by clones ([`feed`]).
+    feed: Arc<feed::ChangeFeed>,
 }
 
 /// Seed of the backoff jitter unless [`Store::with_jitter_seed`] sets one.
@@ -141,6 +146,7 @@ impl Store {
             retry: RetryPolicy::default(),
             sleep: tokio_sleep(),
             jitter: Arc::new(AtomicU64::new(DEFAULT_JITTER_SEED)),
+            feed: Arc::new(feed::ChangeFeed::default()),
         }
     }
 
@@ -182,7 +188,40 @@ impl Store {
     /// the latest state and applies its writes atomically, or fails with
     /// [`StoreError::Conflict`]. One attempt: the client retries its whole body.
     pub async fn commit_checked(&self, reads: ReadSet, writes: WriteSet) -> Result<(), StoreError> {
-        self.backend.commit_checked(reads, writes).await
+        let Some(publishing) = self.feed.begin(&writes).await else {
+            return self.backend.commit_checked(reads, writes).await;
+        };
+        let result = self.backend.commit_checked(reads, writes.clone()).await;
+        publishing.finish(result, writes)
+    }
+
+    /// Turns the change feed on before anyone subscribes, so that no transaction begun
+    /// before the first subscription escapes it (a server calls this when it opens its
+    /// store; the feed is otherwise turned on by the first subscription).
+    pub fn enable_feed(&self) {
+        self.feed.enable();
+    }
+
+    /// Subscribes to the change feed: every transaction that writes and commits through
+    /// this store (any clone) after this call is delivered, in commit order (see [`feed`]).
+    pub async fn subscribe(&self) -> Subscription {
+        let _order = self.feed.lock_for_subscribe().await;
+        self.feed.receiver()
+    }
+
+    /// Subscribes and runs the read-only body `read` at exactly the feed position of the
+    /// subscription: the result reflects every commit before the first one delivered, and
+    /// none after (no commit publishes while it runs). Writes of `read` are discarded.
+    pub async fn subscribe_with<T, F>(&self, mut read: F) -> Result<(T, Subscription), StoreError>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t mut Txn) -> BoxFuture<'t, Result<T, StoreError>> + Send,
+    {
+        let _order = self.feed.lock_for_subscribe().await;
+        let sub = self.feed.receiver();
+        let mut txn = Txn::new(self.backend.begin().await?, false);
+        let value = read(&mut txn).await?;
+        Ok((value, sub))
     }
 
     /// Reads the latest value of a raw key in one read-only transaction (for serving remote
@@ -280,9 +319,9 @@ impl Store {
         T: Send,
         F: for<'t> FnMut(&'t mut Txn) -> BoxFuture<'t, Result<T, StoreError>> + Send,
     {
-        let mut txn = Txn::new(self.backend.begin().await?);
+        let mut txn = Txn::new(self.backend.begin().await?, self.feed.is_active());
         let value = f(&mut txn).await?;
-        txn.commit().await?;
+        txn.commit(&self.feed).await?;
         Ok(value)
     }
 

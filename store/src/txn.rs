@@ -4,7 +4,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::backend::BackendTxn;
 use crate::error::StoreError;
+use crate::feed::ChangeFeed;
 use crate::key::{Key, KeyRange, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::occ::WriteSet;
 
 /// Options of a range read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,21 +50,38 @@ pub struct Txn {
     /// Size-limit and range violations are reported when the body finishes, because `set`,
     /// `clear` and `clear_range` are infallible buffered operations (as in FoundationDB).
     deferred: Option<StoreError>,
+    /// A copy of the buffered writes for the change feed; `None` while the feed is off.
+    recorded: Option<WriteSet>,
 }
 
 impl Txn {
-    pub(crate) fn new(inner: Box<dyn BackendTxn>) -> Txn {
+    /// A transaction over `inner`; `record` keeps a copy of its writes for the change feed.
+    pub(crate) fn new(inner: Box<dyn BackendTxn>, record: bool) -> Txn {
         Txn {
             inner,
             deferred: None,
+            recorded: record.then(WriteSet::default),
         }
     }
 
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        if let Some(err) = self.deferred {
+    /// Commits, then publishes the writes on `feed` (in commit order, see [`crate::feed`]).
+    pub(crate) async fn commit(self, feed: &ChangeFeed) -> Result<(), StoreError> {
+        let Txn {
+            inner,
+            deferred,
+            recorded,
+        } = self;
+        if let Some(err) = deferred {
             return Err(err);
         }
-        self.inner.commit().await
+        let Some(writes) = recorded else {
+            return inner.commit().await;
+        };
+        let Some(publishing) = feed.begin(&writes).await else {
+            return inner.commit().await;
+        };
+        let result = inner.commit().await;
+        publishing.finish(result, writes)
     }
 
     fn defer(&mut self, err: StoreError) {
@@ -130,12 +149,19 @@ impl Txn {
             });
             return;
         }
+        if let Some(w) = &mut self.recorded {
+            w.points
+                .insert(key.as_bytes().to_vec(), Some(value.to_vec()));
+        }
         self.inner.set(key.as_bytes(), value);
     }
 
     /// Buffers a delete.
     pub fn clear(&mut self, key: &Key) {
         if self.key_ok(key) {
+            if let Some(w) = &mut self.recorded {
+                w.points.insert(key.as_bytes().to_vec(), None);
+            }
             self.inner.clear(key.as_bytes());
         }
     }
@@ -150,6 +176,13 @@ impl Txn {
             return;
         }
         if range.begin < range.end {
+            if let Some(w) = &mut self.recorded {
+                let (b, e) = (range.begin.as_bytes(), range.end.as_bytes());
+                // Earlier point writes inside the range are undone by it.
+                w.points
+                    .retain(|k, _| !(b <= k.as_slice() && k.as_slice() < e));
+                w.cleared.push((b.to_vec(), e.to_vec()));
+            }
             self.inner
                 .clear_range(range.begin.as_bytes(), range.end.as_bytes());
         }

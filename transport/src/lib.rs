@@ -200,3 +200,10 @@ pub trait Transport: Send + Sync + 'static {
 pub trait NodeLink: Send + Sync + 'static {
     async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatAck, LinkError>;
 }
+
+/// Code generated from `proto/watch.proto`: the user-facing watch stream of cluster events
+/// (served by the API next to REST).
+#[allow(clippy::all, missing_docs)]
+pub mod watch_pb {
+    tonic::include_proto!("gpve.watch.v1");
+}

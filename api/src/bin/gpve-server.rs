@@ -132,7 +132,7 @@ struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// Address and port of the node sessions (ractor_cluster over mutual TLS; the actor
-    /// console reaches agents through them). Default: the gRPC address with port 8008.
+    /// console reaches agents through them). Default: the gRPC address with port 8008 (an ephemeral port when gRPC's is 0).
     #[arg(long, value_name = "ADDR:PORT")]
     session_listen: Option<SocketAddr>,
 }

@@ -33,6 +33,7 @@ mod tls;
 mod types;
 pub mod vcluster;
 pub mod vm;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -321,6 +322,8 @@ impl ClientBuilder {
                 verifier,
                 auth: tokio::sync::Mutex::new(self.auth),
                 ticket_renew_after_s: self.ticket_renew_after_s,
+                trust: self.trust,
+                connect_timeout_ms: self.connect_timeout_ms,
             }),
         })
     }
@@ -418,6 +421,9 @@ struct Inner {
     // A tokio mutex: it is held across the renewal request so concurrent calls renew once.
     auth: tokio::sync::Mutex<Option<Auth>>,
     ticket_renew_after_s: u64,
+    /// Kept for the watch stream's own HTTP/2 connection.
+    trust: Trust,
+    connect_timeout_ms: u64,
 }
 
 fn now_unix_s() -> u64 {

@@ -308,8 +308,14 @@ pub fn server_child(
     state: &AppState,
 ) -> Option<ChildSpec> {
     let grpc = opts.grpc_listen?;
+    // gRPC on an ephemeral port (tests, several servers on one host): sessions too. Agents
+    // read the bound port from the store.
     let listen = opts.session_listen.unwrap_or_else(|| {
-        SocketAddr::new(grpc.ip(), gpve_transport::session::DEFAULT_SESSION_PORT)
+        let port = match grpc.port() {
+            0 => 0,
+            _ => gpve_transport::session::DEFAULT_SESSION_PORT,
+        };
+        SocketAddr::new(grpc.ip(), port)
     });
     let sessions = ClusterSessions::new();
     let _ = state.sessions.set(Arc::new(sessions.clone()));

@@ -16,7 +16,9 @@
 //!   node's previous session when the node connects again (a restarted agent, or one whose
 //!   old connection died silently).
 //! - The `NodeServer` also binds its own TCP listener, which nothing uses: it is bound to
-//!   127.0.0.1 on an ephemeral port (and protected by the cookie).
+//!   [`UNUSED_LISTENER_IP`] on an ephemeral port (and protected by the cookie), a loopback
+//!   address nothing else binds, so it never takes a port a service on 127.0.0.1 was
+//!   about to bind.
 //! - The cookie is derived from the cluster CA, so it differs per cluster. It is not a
 //!   secret (the CA fingerprint is in every join token); authentication is the mutual TLS.
 //! - A call finds the service actor of node X in process group `introspect:X` among the
@@ -54,6 +56,8 @@ use crate::{NodeCredentials, PeerIdentity};
 pub const SESSION_ALPN: &[u8] = b"gpve-session/1";
 /// The host part of every `ractor_cluster` node name (`{node}@gpve`).
 pub const NODE_HOSTNAME: &str = "gpve";
+/// Where the `NodeServer`'s own (unused) listener binds: a loopback address of its own.
+pub const UNUSED_LISTENER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 83, 8);
 /// Buffer of the in-memory pipe between a TLS stream and the `NodeServer`, in bytes.
 pub const PUMP_BUFFER_BYTES: usize = 64 * 1024;
 /// How long an agent waits for the server's TCP connection and TLS handshake.
@@ -130,7 +134,7 @@ pub async fn start_node_server(
         None,
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(Ipv4Addr::LOCALHOST.into())
+    .with_listen_addr(UNUSED_LISTENER_IP.into())
     // Room for the largest call plus the protocol's envelope.
     .with_max_inbound_frame_size((MAX_CALL_BYTES + 64 * 1024) as u64);
     let spawned = match supervisor {

@@ -14,12 +14,14 @@ mod storage;
 mod tenant;
 mod vc;
 mod vm;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gpve_api::client::watch::WatchKind;
 use gpve_api::client::{
     self, ApiToken, Auth, Client, ClientError, Fingerprint, ResourceType, TaskEntry, TaskFilter,
     Trust,
@@ -285,6 +287,9 @@ struct TasksArgs {
     /// Only tasks of this type (e.g. qmstart).
     #[arg(long = "type", value_name = "TYPE")]
     task_type: Option<String>,
+    /// After the list, print each task start and end as it happens, until Ctrl-C.
+    #[arg(short = 'w', long)]
+    watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -733,6 +738,10 @@ async fn get(session: &Session, what: GetCommand, format: Format) -> anyhow::Res
             })
         }
         GetCommand::Tasks(args) => {
+            let watching = match args.watch {
+                true => Some(watch::open(client, WatchKind::Task, args.node.as_deref()).await?),
+                false => None,
+            };
             let filter = TaskFilter {
                 limit: Some(args.limit),
                 errors: args.errors.then_some(true),
@@ -771,7 +780,11 @@ async fn get(session: &Session, what: GetCommand, format: Format) -> anyhow::Res
                         ]
                     })
                     .collect(),
-            })
+            })?;
+            match watching {
+                Some(stream) => watch::follow(stream, format).await,
+                None => Ok(()),
+            }
         }
         GetCommand::Resources { resource_type } => {
             let resources = client

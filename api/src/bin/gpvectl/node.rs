@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 use gpve_api::client::Client;
+use gpve_api::client::watch::WatchKind;
 use serde_json::Value;
 
 use crate::output::{self, Format, Table};
@@ -12,8 +13,14 @@ pub enum NodeCommand {
     /// offline: lease expired, unknown: not heard since the server started).
     #[command(after_help = "Examples:
   gpvectl node list
-  gpvectl node list -o json")]
-    List,
+  gpvectl node list -o json
+  gpvectl node list -w")]
+    List {
+        /// After the list, print each change (joined, left, online, offline, cordoned)
+        /// as it happens, until Ctrl-C.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
     /// Keep new VMs off a joined node (running VMs stay).
     #[command(after_help = "Examples:
   gpvectl node cordon node2")]
@@ -44,7 +51,11 @@ pub enum NodeCommand {
 
 pub async fn run(client: &Client, cmd: NodeCommand, format: Format) -> anyhow::Result<()> {
     match cmd {
-        NodeCommand::List => {
+        NodeCommand::List { watch } => {
+            let watching = match watch {
+                true => Some(crate::watch::open(client, WatchKind::Node, None).await?),
+                false => None,
+            };
             let nodes: Vec<Value> = client
                 .get(
                     "/nodes",
@@ -71,7 +82,11 @@ pub async fn run(client: &Client, cmd: NodeCommand, format: Format) -> anyhow::R
                         ]
                     })
                     .collect(),
-            })
+            })?;
+            match watching {
+                Some(stream) => crate::watch::follow(stream, format).await,
+                None => Ok(()),
+            }
         }
         NodeCommand::Cordon { node } => {
             client.cordon_node(&node).await?;

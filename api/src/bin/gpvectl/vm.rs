@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use gpve_api::client::Client;
 use gpve_api::client::vm::{VmAction, VmEntry};
+use gpve_api::client::watch::WatchKind;
 
 use crate::output::{self, Format, Table};
 
@@ -22,10 +23,15 @@ pub enum VmCommand {
     /// VMs of a node.
     #[command(after_help = "Examples:
   gpvectl vm list
-  gpvectl vm list --node pve1 -o json")]
+  gpvectl vm list --node pve1 -o json
+  gpvectl vm list -w")]
     List {
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
+        /// After the list, print each change (created, started, stopped, moved, locked,
+        /// deleted) as it happens, until Ctrl-C.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// One VM's status and configuration (by VMID or name); with -o yaml or -o json, the
     /// VM's gpve.io/v1 manifest when it is in the namespace (see `gpvectl apply`).
@@ -406,10 +412,18 @@ async fn action(
 
 pub async fn run(client: &Client, cmd: VmCommand, format: Format) -> anyhow::Result<()> {
     match cmd {
-        VmCommand::List { node } => {
+        VmCommand::List { node, watch } => {
             let node = node_or_first(client, node).await?;
+            let watching = match watch {
+                true => Some(crate::watch::open(client, WatchKind::Vm, Some(&node)).await?),
+                false => None,
+            };
             let vms = client.vms(&node).await?;
-            output::print(format, &vms, "VMs", || table(&vms))
+            output::print(format, &vms, "VMs", || table(&vms))?;
+            match watching {
+                Some(stream) => crate::watch::follow(stream, format).await,
+                None => Ok(()),
+            }
         }
         VmCommand::Get {
             vm,
