@@ -56,11 +56,11 @@ pub enum TlsError {
     NotTrusted(String),
 }
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub(crate) fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs_from_pem(ca_pem)? {
         roots
@@ -70,20 +70,38 @@ pub(crate) fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-pub(crate) fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn key(key_pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key(e.to_string()))
 }
 
 const H2: &[u8] = b"h2";
 
-/// The gRPC server's configuration: `chain_pem` is leaf then CA.
+/// The gRPC server's configuration: `chain_pem` is leaf then CA. A client certificate is
+/// verified when given (joining nodes have none yet).
 pub fn server_config(
     chain_pem: &str,
     key_pem: &str,
     ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-        .allow_unauthenticated()
+    cluster_server_config(chain_pem, key_pem, ca_pem, false, H2)
+}
+
+/// A TLS 1.3 server presenting `chain_pem` (leaf, then CA) that verifies client
+/// certificates against the cluster CA, demanding one when `require_client_cert`, and
+/// speaks `alpn`.
+pub fn cluster_server_config(
+    chain_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    require_client_cert: bool,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider());
+    let builder = match require_client_cert {
+        true => builder,
+        false => builder.allow_unauthenticated(),
+    };
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -92,7 +110,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs_from_pem(chain_pem)?, key(key_pem)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![H2.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

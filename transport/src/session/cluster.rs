@@ -48,8 +48,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     MAX_CALL_BYTES, NodeService, NodeSessions, SessionError, check_request_size, service_group,
 };
-use crate::pki::{certs_from_pem, pem_fingerprint};
-use crate::tls::{SERVER_NAME, TlsError, key, node_client_config, peer_identity, provider, roots};
+use crate::pki::pem_fingerprint;
+use crate::tls::{SERVER_NAME, TlsError, node_client_config, peer_identity};
 use crate::{NodeCredentials, PeerIdentity};
 
 /// ALPN protocol of a node session.
@@ -94,18 +94,7 @@ pub fn server_config(
     key_pem: &str,
     ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs_from_pem(chain_pem)?, key(key_pem)?)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![SESSION_ALPN.to_vec()];
-    Ok(Arc::new(config))
+    crate::tls::cluster_server_config(chain_pem, key_pem, ca_pem, true, SESSION_ALPN)
 }
 
 /// An agent's session client: the node client of [`crate::tls`] (trusts only the cluster
