@@ -144,7 +144,7 @@ same server is used; if there is none, gpvectl shows what the server presents an
         #[command(subcommand)]
         what: vc::VcCommand,
     },
-    /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot, clone, resize, move-disk.
+    /// Virtual machines: list, get, create, start, stop, shutdown, delete, snapshot, clone, resize, move-disk, migrate.
     Vm {
         #[command(subcommand)]
         what: vm::VmCommand,

@@ -33,7 +33,7 @@ pub enum NodeCommand {
     /// offline), following the progress; exits non-zero if any VM stayed.
     ///
     /// Without --to, the scheduler picks each VM's node among the online, uncordoned
-    /// nodes. Each VM's migration is its own task (see `gpvectl task list`). The node
+    /// nodes. Each VM's migration is its own task (see `gpvectl get tasks`). The node
     /// stays cordoned afterwards: `gpvectl node uncordon NODE` when maintenance is done.
     #[command(after_help = "Examples:
   gpvectl node drain node2
