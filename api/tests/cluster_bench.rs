@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_common::{Api, Cluster, guest, guest_args, urlencode};
+use cluster_common::{Api, Cluster, guest, guest_args};
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
@@ -71,25 +71,6 @@ fn row(name: &str, h: &Histogram<u64>) -> String {
 
 fn node_of(vmid: u32) -> &'static str {
     NODES[((vmid - FIRST_VMID) as usize) % NODES.len()]
-}
-
-/// Polls a task until it stops; its exit status.
-async fn wait_task_fast(api: &Api, upid: &str) -> String {
-    let node = upid.split(':').nth(1).expect("UPID names a node");
-    let path = format!("/nodes/{node}/tasks/{}/status", urlencode(upid));
-    let deadline = Instant::now() + Duration::from_millis(cluster_common::TASK_TIMEOUT_MS);
-    loop {
-        let (code, body) = api.get(&path).await;
-        assert_eq!(code, 200, "task status: {body}");
-        if body["data"]["status"] == "stopped" {
-            return body["data"]["exitstatus"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-        }
-        assert!(Instant::now() < deadline, "task {upid} still running");
-        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
-    }
 }
 
 async fn status_of(api: &Api, vmid: u32) -> Value {
@@ -233,7 +214,11 @@ async fn bench_cluster_300_vms() {
         assert_eq!(code, 200, "create {vmid} on {node}: {body}");
         record(&mut answered, t);
         let upid = body["data"].as_str().expect("upid");
-        assert_eq!(wait_task_fast(&c.api, upid).await, "OK", "create {vmid}");
+        assert_eq!(
+            c.wait_task_polling(upid, POLL_MS).await,
+            "OK",
+            "create {vmid}"
+        );
         record(&mut done, t);
     }
     let create_wall = created_at.elapsed();
@@ -249,7 +234,11 @@ async fn bench_cluster_300_vms() {
             .await;
         assert_eq!(code, 200, "start {vmid}: {body}");
         let upid = body["data"].as_str().expect("upid");
-        assert_eq!(wait_task_fast(&c.api, upid).await, "OK", "start {vmid}");
+        assert_eq!(
+            c.wait_task_polling(upid, POLL_MS).await,
+            "OK",
+            "start {vmid}"
+        );
     }
     for &vmid in vmids.iter().take(running) {
         let run_dir = c.agent(node_of(vmid)).run_root.join(vmid.to_string());

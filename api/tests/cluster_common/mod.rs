@@ -417,6 +417,11 @@ impl Cluster {
 
     /// Wait for a task on the node its UPID names; returns its exit status.
     pub async fn wait_task(&self, upid: &str) -> String {
+        self.wait_task_polling(upid, 100).await
+    }
+
+    /// [`Cluster::wait_task`], looking every `poll_ms` (benchmarks time the task's end).
+    pub async fn wait_task_polling(&self, upid: &str, poll_ms: u64) -> String {
         let node = upid.split(':').nth(1).expect("UPID names a node");
         let path = format!("/nodes/{node}/tasks/{}/status", urlencode(upid));
         let deadline = Instant::now() + Duration::from_millis(TASK_TIMEOUT_MS);
@@ -430,7 +435,7 @@ impl Cluster {
                     .to_string();
             }
             assert!(Instant::now() < deadline, "task {upid} still running");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(poll_ms)).await;
         }
     }
 
